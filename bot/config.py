@@ -1,0 +1,135 @@
+"""Settings from the environment (DESIGN 4.2), validated once at start-up and then frozen.
+
+A bad setting must stop the bot before it accepts traffic, with one line that says what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message is the one line the operator sees."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    gitlab_url: str
+    gitlab_token: str
+    webhook_secret: str | None = None
+    status_check_secret: str | None = None
+    policy_dir: Path = Path("policies")
+    host: str = "0.0.0.0"
+    port: int = 8080
+    log_format: str = "json"
+    log_level: str = "info"
+    projects: tuple[str, ...] = ()
+    reconcile_interval: float = 300.0
+    state_dir: Path = Path("state")
+    workers: int = 8
+    max_body_bytes: int = 10 * 1024 * 1024
+    gitlab_timeout: float = 10.0
+    gitlab_concurrency: int = 16
+    shutdown_deadline: float = 20.0
+    policy_poll_interval: float = 5.0
+    handle_signals: bool = True
+
+    def __repr__(self) -> str:
+        # Never let a token reach a log line or a traceback through repr().
+        return (
+            f"Settings(gitlab_url={self.gitlab_url!r}, policy_dir={str(self.policy_dir)!r}, "
+            f"host={self.host!r}, port={self.port}, workers={self.workers})"
+        )
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _read_token(env: Mapping[str, str]) -> str:
+    token = env.get("GITLAB_TOKEN", "").strip()
+    token_file = env.get("GITLAB_TOKEN_FILE", "").strip()
+    if token:
+        return token
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"GITLAB_TOKEN_FILE {token_file!r} cannot be read: {exc.strerror or exc}"
+            ) from None
+        if not token:
+            raise ConfigError(f"GITLAB_TOKEN_FILE {token_file!r} is empty")
+        return token
+    raise ConfigError(
+        "GITLAB_TOKEN (or GITLAB_TOKEN_FILE) is not set: "
+        "create a token with the `api` scope and Developer role on the projects"
+    )
+
+
+def _gitlab_url(env: Mapping[str, str]) -> str:
+    url = env.get("GITLAB_URL", "").strip().rstrip("/")
+    if not url:
+        raise ConfigError(
+            "GITLAB_URL is not set: give the base URL, e.g. https://gitlab.example.com"
+        )
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"GITLAB_URL {url!r} is not an http(s) URL")
+    return url
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def default_log_format() -> str:
+    return "console" if sys.stderr.isatty() else "json"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raise ConfigError with one line on the first problem."""
+    env = os.environ if env is None else env
+    gitlab_url = _gitlab_url(env)
+    token = _read_token(env)
+    projects = tuple(p.strip() for p in env.get("PROJECTS", "").split(",") if p.strip())
+    return Settings(
+        gitlab_url=gitlab_url,
+        gitlab_token=token,
+        webhook_secret=env.get("WEBHOOK_SECRET") or None,
+        status_check_secret=env.get("STATUS_CHECK_SECRET") or None,
+        policy_dir=Path(env.get("POLICY_DIR", "").strip() or "policies"),
+        host=env.get("HOST", "").strip() or "0.0.0.0",
+        port=int(_number(env, "PORT", 8080, minimum=0)),
+        log_format=_choice(env, "LOG_FORMAT", default_log_format(), ("json", "console")),
+        log_level=_choice(env, "LOG_LEVEL", "info", _LOG_LEVELS),
+        projects=projects,
+        reconcile_interval=_number(env, "RECONCILE_INTERVAL", 300, minimum=1),
+        state_dir=Path(env.get("STATE_DIR", "").strip() or "state"),
+        workers=int(_number(env, "WORKERS", 8, minimum=1)),
+        max_body_bytes=int(_number(env, "MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)),
+        gitlab_timeout=_number(env, "GITLAB_TIMEOUT", 10, minimum=0.1),
+        gitlab_concurrency=int(_number(env, "GITLAB_CONCURRENCY", 16, minimum=1)),
+        shutdown_deadline=_number(env, "SHUTDOWN_DEADLINE", 20, minimum=0),
+        policy_poll_interval=_number(env, "POLICY_POLL_INTERVAL", 5, minimum=0.1),
+    )

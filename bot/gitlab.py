@@ -1,0 +1,318 @@
+"""The GitLab client: gidgetlab underneath, with timeouts, retries, version awareness, typed calls.
+
+Everything the bot asks GitLab goes through `GitLab`, so timeouts, backoff, the concurrency limit
+and the error sentences an operator can act on live in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import gidgetlab.aiohttp
+from gidgetlab import exceptions as gl_exc
+
+from bot.logs import get_logger
+
+log = get_logger(__name__)
+
+USER_AGENT = "gitlab-status-check-bot"
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)")
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    major: int
+    minor: int
+
+    @classmethod
+    def parse(cls, text: str) -> Version | None:
+        match = _VERSION_RE.match(text or "")
+        return cls(int(match[1]), int(match[2])) if match else None
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+# When /version cannot be read we assume a current GitLab: every behaviour we rely on since 15.7.
+ASSUMED_VERSION = Version(18, 0)
+
+
+class GitLabError(Exception):
+    """A GitLab call failed. `status` is the HTTP status, or None when GitLab was unreachable."""
+
+    def __init__(self, status: int | None, message: str, *, path: str = "") -> None:
+        self.status = status
+        self.message = message
+        self.path = path
+        super().__init__(f"{status or 'unreachable'}: {message} ({path})" if path else message)
+
+    @property
+    def transient(self) -> bool:
+        """Worth trying again later: GitLab was down, slow, or rate-limiting us."""
+        return self.status is None or self.status in RETRYABLE_STATUSES or self.status >= 500
+
+    @property
+    def head_moved(self) -> bool:
+        """The 409 of status_check_responses: the SHA we judged is no longer the MR's head."""
+        return self.status == 409 and "sha does not match head" in self.message.lower()
+
+    def advice(self) -> str:
+        """One sentence a platform engineer can act on."""
+        if self.status == 401:
+            return (
+                "GitLab answered 401: the token is invalid or expired, or the project has no "
+                "Ultimate licence (external status checks need Ultimate)"
+            )
+        if self.status == 403:
+            return (
+                "GitLab answered 403: the token's user lacks a role here; it needs at least "
+                "Developer on the project (and must be allowed to approve the merge request)"
+            )
+        if self.status == 404:
+            return (
+                "GitLab answered 404: the project, merge request or status check does not exist, "
+                "or the token's user cannot see it (add it as a member of the project)"
+            )
+        if self.status is None:
+            return f"GitLab is unreachable: {self.message}"
+        return f"GitLab answered {self.status}: {self.message}"
+
+
+class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
+    """gidgetlab's aiohttp client with a timeout, retries and a concurrency limit per request."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        url: str,
+        token: str,
+        timeout: float,
+        concurrency: int,
+        max_attempts: int,
+        on_response: Callable[[str, str, int | None, Mapping[str, str]], None] | None,
+    ) -> None:
+        super().__init__(session, USER_AGENT, access_token=token, url=url)
+        self._timeout = timeout
+        self._limit = asyncio.Semaphore(concurrency)
+        self._max_attempts = max_attempts
+        self._on_response = on_response
+
+    def _retryable(self, method: str, url: str) -> bool:
+        # Reads and status responses can be repeated safely (the newest status row for a SHA wins).
+        return method in ("GET", "HEAD", "PUT", "DELETE") or url.endswith("status_check_responses")
+
+    async def _request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes = b""
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._limit, asyncio.timeout(self._timeout):
+                    status, resp_headers, data = await super()._request(method, url, headers, body)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if self._on_response:
+                    self._on_response(method, url, None, {})
+                reason = (
+                    "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+                )
+                if attempt >= self._max_attempts or not self._retryable(method, url):
+                    raise GitLabError(None, reason, path=_path_of(url)) from None
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            if self._on_response:
+                self._on_response(method, url, status, resp_headers)
+            if (
+                status in RETRYABLE_STATUSES
+                and attempt < self._max_attempts
+                and (self._retryable(method, url) or status == 429)
+            ):
+                await asyncio.sleep(_retry_delay(status, resp_headers, attempt))
+                continue
+            if status == 422 and not data:
+                # gidgetlab expects a JSON body on 422 and raises AttributeError without one.
+                data = b'{"message": "422 Unprocessable Entity"}'
+                resp_headers = {**resp_headers, "content-type": "application/json"}
+            return status, resp_headers, data
+
+
+def _backoff(attempt: int) -> float:
+    """Capped exponential backoff with full jitter, so many workers do not retry in step."""
+    return random.uniform(0, min(8.0, 0.25 * 2**attempt))
+
+
+def _retry_delay(status: int, headers: Mapping[str, str], attempt: int) -> float:
+    if status == 429:
+        try:
+            return min(60.0, max(0.0, float(headers.get("retry-after", ""))))
+        except ValueError:
+            pass
+    return _backoff(attempt)
+
+
+def _path_of(url: str) -> str:
+    path = url.split("/api/v4", 1)[-1]
+    return path.split("?", 1)[0]
+
+
+def project_ref(project: int | str) -> str:
+    """A project id or `group/project` path as it goes into a URL."""
+    return str(project) if isinstance(project, int) else quote(str(project), safe="")
+
+
+class GitLab:
+    """Typed calls the bot makes, version-aware (see DESIGN 5)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        url: str,
+        token: str,
+        timeout: float = 10.0,
+        concurrency: int = 16,
+        max_attempts: int = 4,
+        on_response: Callable[[str, str, int | None, Mapping[str, str]], None] | None = None,
+    ) -> None:
+        self.api = _HardenedAPI(
+            session,
+            url=url,
+            token=token,
+            timeout=timeout,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            on_response=on_response,
+        )
+        self.detected_version: Version | None = None
+        self.reachable: bool | None = None
+        self.last_contact: float = 0.0
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _call(self, coro: Any, path: str) -> Any:
+        try:
+            result = await coro
+        except GitLabError as exc:
+            self.reachable = exc.status is not None
+            raise
+        except gl_exc.HTTPException as exc:
+            self.reachable = True
+            message = str(exc) or exc.status_code.phrase
+            raise GitLabError(int(exc.status_code), message, path=path) from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise GitLabError(502, f"unreadable answer: {exc}", path=path) from None
+        self.reachable = True
+        self.last_contact = time.monotonic()
+        return result
+
+    async def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return await self._call(self.api.getitem(path, params or {}), path)
+
+    async def get_all(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Every item of a paginated list. Never pass `page`: gidgetlab would loop forever."""
+        params = {"per_page": 100, **(params or {})}
+        params.pop("page", None)
+
+        async def collect() -> list[Any]:
+            return [item async for item in self.api.getiter(path, params)]
+
+        return await self._call(collect(), path)
+
+    async def post(self, path: str, data: Any) -> Any:
+        return await self._call(self.api.post(path, data=data), path)
+
+    async def put(self, path: str, data: Any) -> Any:
+        return await self._call(self.api.put(path, data=data), path)
+
+    # -- version ----------------------------------------------------------------------------
+
+    async def detect_version(self) -> Version | None:
+        """Ask GitLab its version; on failure keep assuming a current GitLab and say so."""
+        try:
+            answer = await self.get("/version")
+        except GitLabError as exc:
+            log.warning("gitlab_version_unknown", error=exc.advice(), assumed=str(ASSUMED_VERSION))
+            return None
+        version = Version.parse(str((answer or {}).get("version", "")))
+        if version is None:
+            log.warning("gitlab_version_unparsable", answer=str(answer)[:200])
+            return None
+        self.detected_version = version
+        log.info("gitlab_version", version=str(version))
+        return version
+
+    @property
+    def version(self) -> Version:
+        return self.detected_version or ASSUMED_VERSION
+
+    @property
+    def reports_failures(self) -> bool:
+        """GitLab 15.0+ takes passed/failed; 14.x treats any response as approval."""
+        return self.version >= Version(15, 0)
+
+    # -- merge requests ---------------------------------------------------------------------
+
+    def _mr_path(self, project: int | str, iid: int) -> str:
+        return f"/projects/{project_ref(project)}/merge_requests/{iid}"
+
+    async def merge_request(self, project: int | str, iid: int) -> dict[str, Any]:
+        return await self.get(self._mr_path(project, iid))
+
+    async def changed_files(
+        self, project: int | str, iid: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The MR's diff entries, and whether GitLab truncated them (only /changes can)."""
+        if self.version >= Version(15, 7):
+            return await self.get_all(f"{self._mr_path(project, iid)}/diffs"), False
+        answer = await self.get(f"{self._mr_path(project, iid)}/changes")
+        return list(answer.get("changes") or []), bool(answer.get("overflow"))
+
+    async def approvals(self, project: int | str, iid: int) -> list[dict[str, Any]]:
+        answer = await self.get(f"{self._mr_path(project, iid)}/approvals")
+        return [entry.get("user") or {} for entry in (answer or {}).get("approved_by") or []]
+
+    async def commits(self, project: int | str, iid: int) -> list[dict[str, Any]]:
+        return await self.get_all(f"{self._mr_path(project, iid)}/commits")
+
+    async def discussions(self, project: int | str, iid: int) -> list[dict[str, Any]]:
+        return await self.get_all(f"{self._mr_path(project, iid)}/discussions")
+
+    async def group_members(self, group: str) -> list[dict[str, Any]]:
+        """Direct and inherited members (members/all) of a group."""
+        return await self.get_all(f"/groups/{project_ref(group)}/members/all")
+
+    async def open_merge_requests(self, project: int | str) -> list[dict[str, Any]]:
+        return await self.get_all(
+            f"/projects/{project_ref(project)}/merge_requests", {"state": "opened"}
+        )
+
+    async def merge_requests_for_branch(
+        self, project: int | str, branch: str
+    ) -> list[dict[str, Any]]:
+        return await self.get_all(
+            f"/projects/{project_ref(project)}/merge_requests",
+            {"state": "opened", "source_branch": branch},
+        )
+
+    # -- status checks ----------------------------------------------------------------------
+
+    async def status_checks(self, project: int | str, iid: int) -> list[dict[str, Any]]:
+        return await self.get_all(f"{self._mr_path(project, iid)}/status_checks")
+
+    async def post_status(
+        self, project: int | str, iid: int, check_id: int, sha: str, status: str
+    ) -> None:
+        data: dict[str, Any] = {"external_status_check_id": check_id, "sha": sha}
+        if self.reports_failures:
+            data["status"] = status
+        await self.post(f"{self._mr_path(project, iid)}/status_check_responses", data)

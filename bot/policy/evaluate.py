@@ -1,0 +1,103 @@
+"""Policy + facts -> Verdict, and the human rendering of a verdict's outcome tree."""
+
+from __future__ import annotations
+
+from bot.facts import MergeRequestFacts
+from bot.policy.combinators import earliest
+from bot.policy.model import Outcome, Policy, Status, Verdict
+
+
+def leaf_text(outcome: Outcome) -> str:
+    """A failing leaf for a one-line reason; a `name:` label leads when it was given."""
+    if outcome.evidence.startswith(outcome.rule + ":"):
+        return outcome.evidence
+    return f"{outcome.rule} — {outcome.evidence}"
+
+
+def _rules(count: int) -> str:
+    return "1 rule" if count == 1 else f"{count} rules"
+
+
+def evaluate(policy: Policy, facts: MergeRequestFacts) -> Verdict:
+    """Judge one MR. Raises MissingFactError when a needed fact was not fetched."""
+    advisory = policy.mode == "advisory"
+    for rule in policy.applies_to:
+        scope = rule.evaluate(facts)
+        if not scope.passed:
+            reason = f"not applicable: {scope.evidence}"
+            root = Outcome(policy.check, True, reason, children=(scope,))
+            return Verdict(
+                policy.check, "passed", reason, applicable=False, advisory=advisory, outcome=root
+            )
+    children = tuple(rule.evaluate(facts) for rule in policy.rules)
+    wake_at = earliest(children)
+    failing = [child for child in children if not child.passed]
+    if failing:
+        reason = "; ".join(leaf_text(leaf) for child in failing for leaf in child.failing_leaves())
+        fixes = [child.fix for child in failing if child.fix]
+        root = Outcome(
+            policy.check,
+            False,
+            f"{len(failing)} of {_rules(len(children))} fail",
+            children=children,
+            fix="; ".join(fixes) or None,
+            wake_at=wake_at,
+        )
+    else:
+        every = "all 1 rule holds" if len(children) == 1 else f"all {len(children)} rules hold"
+        reason = every
+        root = Outcome(policy.check, True, every, children=children, wake_at=wake_at)
+    status: Status = "failed" if failing and not advisory else "passed"
+    if advisory:
+        reason = f"advisory: would fail: {reason}" if failing else f"advisory: {reason}"
+    return Verdict(
+        policy.check,
+        status,
+        reason,
+        advisory=advisory,
+        outcome=root,
+        wake_at=root.wake_at,
+    )
+
+
+def _own_fix(outcome: Outcome) -> bool:
+    """Show a fix where it says something new: at leaves, and where alternatives are joined."""
+    child_fixes = [child.fix for child in outcome.children if not child.passed and child.fix]
+    return not child_fixes or outcome.fix != "; ".join(child_fixes)
+
+
+_GREEN, _RED, _DIM, _BOLD, _RESET = "\033[32m", "\033[31m", "\033[2m", "\033[1m", "\033[0m"
+
+
+def render_verdict(verdict: Verdict, color: bool = False) -> str:
+    """The verdict as an indented tree: ✓/✗ per rule, its evidence, and the fix where failing."""
+
+    def paint(text: str, code: str) -> str:
+        return f"{code}{text}{_RESET}" if color else text
+
+    passed = verdict.status == "passed"
+    mark = paint("✓", _GREEN) if passed else paint("✗", _RED)
+    notes = []
+    if verdict.advisory:
+        notes.append("advisory")
+    if not verdict.applicable:
+        notes.append("not applicable")
+    note = f" [{', '.join(notes)}]" if notes else ""
+    lines = [f"{mark} {paint(verdict.check, _BOLD)}: {verdict.status}{note} — {verdict.reason}"]
+
+    def walk(outcome: Outcome, depth: int, blamed: bool) -> None:
+        # `blamed`: every ancestor fails, so a fix here helps (not under a holding `any`/`not`).
+        pad = "  " * depth
+        sign = paint("✓", _GREEN) if outcome.passed else paint("✗", _RED)
+        lines.append(f"{pad}{sign} {leaf_text(outcome)}")
+        if blamed and outcome.fix and not outcome.passed and _own_fix(outcome):
+            lines.append(f"{pad}    {paint('fix: ' + outcome.fix, _DIM)}")
+        for child in outcome.children:
+            walk(child, depth + 1, blamed and not outcome.passed)
+
+    if verdict.outcome is not None:
+        for child in verdict.outcome.children:
+            walk(child, 1, True)
+    if verdict.wake_at is not None:
+        lines.append(f"  {paint('re-evaluates at ' + verdict.wake_at.isoformat(), _DIM)}")
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""YAML policy files -> compiled `Policy` objects, reporting every problem as `path:line: message`.
+
+Loading never stops at the first problem: an author fixing a file sees all of its mistakes at once,
+and a folder load reports every file's problems before refusing the set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from yaml.nodes import MappingNode
+
+from bot.policy import combinators as _combinators  # noqa: F401  (registers all/any/not)
+from bot.policy import freeze as _freeze  # noqa: F401  (registers freeze)
+from bot.policy import predicates as _predicates  # noqa: F401  (registers the predicates)
+from bot.policy.applies import compile_applies_to
+from bot.policy.model import Policy, PolicyLoadError, PolicyProblem, PolicySet, Rule
+from bot.policy.nodes import Ctx, Entry, describe, parse_yaml, suggest
+from bot.policy.registry import REGISTRY, compile_rule_item
+
+TOP_KEYS = ("check", "description", "mode", "applies_to", "require", "comment")
+MODES = ("enforce", "advisory")
+COMMENTS = ("never", "on_failure", "always")
+POLICY_SUFFIXES = (".yml", ".yaml")
+TEST_SUFFIXES = (".test.yml", ".test.yaml")
+
+
+def is_test_file(path: Path) -> bool:
+    return path.name.endswith(TEST_SUFFIXES)
+
+
+def is_policy_file(path: Path) -> bool:
+    """A policy file: `*.yml`/`*.yaml`, not a test file, not hidden (editor/tool files)."""
+    return (
+        path.name.endswith(POLICY_SUFFIXES)
+        and not is_test_file(path)
+        and not path.name.startswith(".")
+    )
+
+
+def policy_files(folder: Path) -> list[Path]:
+    """The policy files directly in a folder (not recursive), in name order."""
+    return sorted(path for path in folder.iterdir() if path.is_file() and is_policy_file(path))
+
+
+def compile_policy(path: str, data: bytes, default_check: str) -> tuple[Policy | None, Ctx]:
+    """Compile one policy file's bytes; the Ctx carries every problem found."""
+    ctx = Ctx(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        ctx.error(1, f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})")
+        return None, ctx
+    root = parse_yaml(path, text, ctx.problems)
+    if ctx.problems:
+        return None, ctx
+    if root is None:
+        ctx.error(1, "the file is empty: a policy needs at least a `require` list")
+        return None, ctx
+    if not isinstance(root, MappingNode):
+        ctx.error(
+            root, f"a policy file must be a mapping (check, require, ...), got {describe(root)}"
+        )
+        return None, ctx
+    entries = ctx.mapping(root, "the policy")
+    if entries is None:
+        return None, ctx
+    for entry in entries.values():
+        if entry.key not in TOP_KEYS and entry.key in REGISTRY:
+            ctx.error(
+                entry.key_node,
+                f"unknown key `{entry.key}` at the top of the policy; "
+                f"`{entry.key}` is a predicate: put it in a list item under `require:`",
+            )
+        elif entry.key not in TOP_KEYS:
+            ctx.known_keys({entry.key: entry}, TOP_KEYS, "the policy")
+
+    check, line = default_check, 1
+    if "check" in entries:
+        line = entries["check"].line
+        check = ctx.string(entries["check"].node, "`check`") or default_check
+    description = ""
+    if "description" in entries:
+        description = (
+            ctx.string(entries["description"].node, "`description`", allow_empty=True) or ""
+        )
+    mode = _choice(ctx, entries, "mode", MODES, "enforce")
+    comment = _choice(ctx, entries, "comment", COMMENTS, "never")
+
+    applies_to: tuple[Rule, ...] | None = ()
+    if "applies_to" in entries:
+        applies_to = compile_applies_to(ctx, entries["applies_to"].node)
+
+    rules: list[Rule | None] = []
+    if "require" not in entries:
+        ctx.error(root, "the policy has no `require` list: give at least one rule")
+    else:
+        require = entries["require"]
+        items = ctx.sequence(require.node, "`require`") if require.node.value else None
+        if not require.node.value:
+            ctx.error(require.key_node, "`require` is empty: give at least one rule")
+        for item in items or ():
+            rules.append(compile_rule_item(ctx, item, "an item of `require`"))
+
+    if ctx.problems or applies_to is None or any(rule is None for rule in rules):
+        ctx.problems.sort(key=lambda problem: problem.line)
+        return None, ctx
+    policy = Policy(
+        check=check,
+        path=path,
+        digest=hashlib.sha256(data).hexdigest(),
+        rules=tuple(rule for rule in rules if rule is not None),
+        applies_to=applies_to,
+        description=description,
+        mode=mode,  # type: ignore[arg-type]
+        comment=comment,  # type: ignore[arg-type]
+        line=line,
+    )
+    return policy, ctx
+
+
+def _choice(
+    ctx: Ctx, entries: dict[str, Entry], key: str, choices: tuple[str, ...], default: str
+) -> str:
+    if key not in entries:
+        return default
+    node = entries[key].node
+    value = ctx.string(node, f"`{key}`")
+    if value is None:
+        return default
+    if value not in choices:
+        ctx.error(
+            node,
+            f"`{key}` must be one of {', '.join(choices)}, got `{value}`{suggest(value, choices)}",
+        )
+        return default
+    return value
+
+
+def _read(path: Path) -> tuple[bytes | None, list[PolicyProblem]]:
+    try:
+        return path.read_bytes(), []
+    except OSError as exc:
+        return None, [PolicyProblem(str(path), 1, f"cannot read the file: {exc.strerror or exc}")]
+
+
+def _load_file(path: Path) -> tuple[Policy | None, bytes | None, list[PolicyProblem]]:
+    data, problems = _read(path)
+    if data is None:
+        return None, None, problems
+    policy, ctx = compile_policy(str(path), data, path.name.split(".")[0])
+    return policy, data, ctx.problems
+
+
+def check_duplicates(policies: list[Policy]) -> list[PolicyProblem]:
+    """Two files deciding the same status check: report the second, naming the first."""
+    problems: list[PolicyProblem] = []
+    first: dict[str, Policy] = {}
+    for policy in policies:
+        earlier = first.setdefault(policy.check, policy)
+        if earlier is not policy:
+            problems.append(
+                PolicyProblem(
+                    policy.path,
+                    policy.line,
+                    f"duplicate check `{policy.check}`: already defined in "
+                    f"{earlier.path}:{earlier.line}",
+                )
+            )
+    return problems
+
+
+def load_folder(folder: Path) -> tuple[list[Policy], list[PolicyProblem], str]:
+    """Every policy of a folder that compiles, every problem but duplicates, and the digest."""
+    if not folder.exists():
+        return [], [PolicyProblem(str(folder), 1, "no such file or folder")], ""
+    files = [folder] if folder.is_file() else policy_files(folder)
+    digest = hashlib.sha256()
+    policies: list[Policy] = []
+    problems: list[PolicyProblem] = []
+    for path in files:
+        policy, data, file_problems = _load_file(path)
+        problems += file_problems
+        if data is not None:
+            digest.update(path.name.encode() + b"\0" + data + b"\0")
+        if policy is not None:
+            policies.append(policy)
+    return policies, problems, digest.hexdigest()
+
+
+def load_policy_file(path: str | Path) -> Policy:
+    """Load one policy file; raises PolicyLoadError with every problem."""
+    policy, _, problems = _load_file(Path(path))
+    if problems or policy is None:
+        raise PolicyLoadError(problems)
+    return policy
+
+
+def load_policy_text(text: str, path: str = "policy.yml") -> Policy:
+    """Load a policy from text (tests, tools); `path` is used in problems and as check default."""
+    policy, ctx = compile_policy(path, text.encode(), Path(path).name.split(".")[0])
+    if ctx.problems or policy is None:
+        raise PolicyLoadError(ctx.problems)
+    return policy
+
+
+def load_policy_dir(path: str | Path) -> PolicySet:
+    """Load `*.yml`/`*.yaml` of a folder (not `*.test.yaml`, not `tests/`); all or nothing."""
+    policies, problems, digest = load_folder(Path(path))
+    problems += check_duplicates(policies)
+    if problems:
+        raise PolicyLoadError(problems)
+    return PolicySet(
+        policies=tuple(policies),
+        digest=digest,
+        by_check={policy.check: policy for policy in policies},
+    )
+
+
+def validate_paths(paths: list[str]) -> list[PolicyProblem]:
+    """Every problem in the given policy files and folders (test files are checked as such)."""
+    from bot.policy.testing import validate_test_file
+
+    problems: list[PolicyProblem] = []
+    policies: list[Policy] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file() and is_test_file(path):
+            problems += validate_test_file(path)
+            continue
+        if path.is_file():
+            policy, _, file_problems = _load_file(path)
+            problems += file_problems
+            policies += [policy] if policy else []
+            continue
+        found, folder_problems, _ = load_folder(path)
+        problems += folder_problems
+        policies += found
+    return problems + check_duplicates(policies)

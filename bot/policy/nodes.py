@@ -1,0 +1,201 @@
+"""Reading YAML as nodes, so every key and value keeps the line it came from.
+
+Policies and test files are parsed with `yaml.compose` (never `yaml.load`): the node tree keeps
+`start_mark` for each key and value, and scalars keep their raw text, so `16:00` stays a time and
+`2026-12-20` stays a date string instead of turning into YAML 1.1 numbers and dates.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from bot.policy.model import PolicyProblem
+
+TAG = "tag:yaml.org,2002:"
+_BOOL_VALUES = {key.lower(): value for key, value in yaml.SafeLoader.bool_values.items()}
+_CONSTRUCTOR = yaml.SafeLoader("")
+
+
+def line_of(node: Node) -> int:
+    """The 1-based line a node starts on."""
+    return node.start_mark.line + 1
+
+
+def describe(node: Node) -> str:
+    """What a node is, in words a policy author knows ("a list", "a string")."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    tag = node.tag.removeprefix(TAG)
+    return {
+        "str": "a string",
+        "int": "a number",
+        "float": "a number",
+        "bool": "true/false",
+        "null": "nothing (null)",
+        "timestamp": "a date",
+    }.get(tag, f"a {tag} value")
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """A `; did you mean `x`?` suffix when a close match exists, else ""."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def parse_yaml(path: str, text: str, problems: list[PolicyProblem]) -> Node | None:
+    """Compose one YAML document; syntax errors become problems at the YAML line."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        message = f"YAML syntax error: {exc.problem or exc.context}"
+        if exc.context and exc.problem and exc.context_mark:
+            message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        problems.append(PolicyProblem(path, line, message))
+    except yaml.YAMLError as exc:
+        problems.append(PolicyProblem(path, 1, f"YAML error: {exc}"))
+    return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One key of a mapping with its nodes (for line numbers)."""
+
+    key: str
+    key_node: Node
+    node: Node
+
+    @property
+    def line(self) -> int:
+        return line_of(self.key_node)
+
+
+@dataclass
+class Ctx:
+    """Where problems of one file are collected while it is compiled."""
+
+    path: str
+    problems: list[PolicyProblem] = field(default_factory=list)
+
+    def error(self, where: Node | int, message: str) -> None:
+        line = where if isinstance(where, int) else line_of(where)
+        self.problems.append(PolicyProblem(self.path, line, message))
+
+    def mapping(self, node: Node, what: str) -> dict[str, Entry] | None:
+        """A mapping's entries by key; reports non-mappings, non-string and duplicate keys."""
+        if not isinstance(node, MappingNode):
+            self.error(node, f"{what} must be a mapping, got {describe(node)}")
+            return None
+        own_keys = [key for key, _ in node.value if key.tag != TAG + "merge"]
+        if len(own_keys) != len(node.value):
+            _CONSTRUCTOR.flatten_mapping(node)  # `<<: *anchor` merge keys
+        entries: dict[str, Entry] = {}
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag == TAG + "null":
+                self.error(key_node, f"keys of {what} must be strings, got {describe(key_node)}")
+                continue
+            key = key_node.value
+            if key_node in own_keys:
+                if key in seen:
+                    self.error(key_node, f"duplicate key `{key}` in {what}")
+                seen.add(key)
+            entries[key] = Entry(key, key_node, value_node)
+        return entries
+
+    def known_keys(
+        self, entries: dict[str, Entry], allowed: Iterable[str], what: str, hint: str = ""
+    ) -> bool:
+        """Report every key not in `allowed` (with a suggestion); True when all are known."""
+        allowed = list(allowed)
+        ok = True
+        for entry in entries.values():
+            if entry.key not in allowed:
+                ok = False
+                self.error(
+                    entry.key_node,
+                    f"unknown key `{entry.key}` in {what}{suggest(entry.key, allowed)}{hint}",
+                )
+        return ok
+
+    def known(
+        self, entries: dict[str, Entry] | None, allowed: Iterable[str], what: str
+    ) -> dict[str, Entry] | None:
+        """Report unknown keys and keep the known ones, so their problems get reported too.
+
+        None when there is nothing left to check (no mapping, or only unknown keys).
+        """
+        if entries is None:
+            return None
+        allowed = list(allowed)
+        if self.known_keys(entries, allowed, what):
+            return entries
+        kept = {key: entry for key, entry in entries.items() if key in allowed}
+        return kept or None
+
+    def string(self, node: Node, what: str, *, allow_empty: bool = False) -> str | None:
+        """A scalar's raw text (so `yes`, `1.0` and `2026-12-20` stay as written)."""
+        if not isinstance(node, ScalarNode) or node.tag == TAG + "null":
+            self.error(node, f"{what} must be a string, got {describe(node)}")
+            return None
+        if not allow_empty and not node.value.strip():
+            self.error(node, f"{what} must not be empty")
+            return None
+        return str(node.value)
+
+    def boolean(self, node: Node, what: str) -> bool | None:
+        if isinstance(node, ScalarNode) and node.tag == TAG + "bool":
+            return _BOOL_VALUES[node.value.lower()]
+        self.error(node, f"{what} must be true or false, got {describe(node)}")
+        return None
+
+    def integer(self, node: Node, what: str, *, minimum: int | None = None) -> int | None:
+        if not (isinstance(node, ScalarNode) and node.tag == TAG + "int" and ":" not in node.value):
+            self.error(node, f"{what} must be a whole number, got {describe(node)}")
+            return None
+        value = int(_CONSTRUCTOR.construct_yaml_int(node))
+        if minimum is not None and value < minimum:
+            self.error(node, f"{what} must be at least {minimum}, got {value}")
+            return None
+        return value
+
+    def string_list(
+        self, node: Node, what: str, *, single_ok: bool = False, allow_empty_list: bool = False
+    ) -> list[tuple[str, Node]] | None:
+        """A list of strings, each with its node; `single_ok` also accepts one bare string."""
+        if single_ok and isinstance(node, ScalarNode) and node.tag != TAG + "null":
+            value = self.string(node, what)
+            return None if value is None else [(value, node)]
+        if not isinstance(node, SequenceNode):
+            expected = "a string or a list of strings" if single_ok else "a list of strings"
+            self.error(node, f"{what} must be {expected}, got {describe(node)}")
+            return None
+        if not node.value and not allow_empty_list:
+            self.error(node, f"{what} must not be an empty list")
+            return None
+        items: list[tuple[str, Node]] = []
+        ok = True
+        for item in node.value:
+            value = self.string(item, f"each item of {what}")
+            if value is None:
+                ok = False
+            else:
+                items.append((value, item))
+        return items if ok else None
+
+    def sequence(self, node: Node, what: str) -> list[Node] | None:
+        if not isinstance(node, SequenceNode):
+            self.error(node, f"{what} must be a list, got {describe(node)}")
+            return None
+        if not node.value:
+            self.error(node, f"{what} must not be an empty list")
+            return None
+        return list(node.value)

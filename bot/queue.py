@@ -1,0 +1,163 @@
+"""Per-MR coalescing queue and its bounded worker pool (DESIGN principle 3).
+
+The queue holds at most one entry per key however many deliveries arrive, and a key is never
+evaluated twice at once: a burst for one MR while it is queued or running results in at most one
+more evaluation, of the newest state. Handlers return a delay after which the key should be looked
+at again (a moved head, a transient GitLab fault, a freeze window opening), or None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+from bot.logs import get_logger
+
+log = get_logger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+Handler = Callable[[K, Any], Awaitable[float | None]]
+
+
+class CoalescingQueue(Generic[K]):
+    """A FIFO of distinct keys with the newest hint per key, drained by `workers` tasks."""
+
+    def __init__(self, handler: Handler[K], *, workers: int = 8) -> None:
+        self._handler = handler
+        self._workers = workers
+        self._pending: dict[K, Any] = {}  # queued, not yet started; insertion order = FIFO
+        self._running: set[K] = set()
+        self._rerun: dict[K, Any] = {}  # arrived while running: run once more afterwards
+        self._timers: dict[K, asyncio.TimerHandle] = {}
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._accepting = True
+        self.evaluations = 0
+
+    # -- producers --------------------------------------------------------------------------
+
+    def submit(self, key: K, hint: Any = None) -> bool:
+        """Ask for `key` to be evaluated; returns False when the queue no longer accepts work."""
+        if not self._accepting:
+            return False
+        if key in self._running:
+            self._rerun[key] = hint
+        else:
+            self._pending.pop(key, None)  # re-insert: keep the newest hint
+            self._pending[key] = hint
+            self._idle.clear()
+            self._wakeup.set()
+        return True
+
+    def submit_later(self, key: K, delay: float, hint: Any = None) -> None:
+        """Evaluate `key` again after `delay` seconds; replaces any earlier timer for it."""
+        self.cancel_timer(key)
+        if not self._accepting:
+            return
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(delay, self._fire_timer, key, hint)
+
+    def cancel_timer(self, key: K) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _fire_timer(self, key: K, hint: Any) -> None:
+        self._timers.pop(key, None)
+        self.submit(key, hint)
+
+    # -- introspection ----------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Keys waiting to be evaluated (queued or waiting to re-run), not counting timers."""
+        return len(self._pending) + len(self._rerun)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def scheduled(self) -> int:
+        return len(self._timers)
+
+    def is_busy(self, key: K) -> bool:
+        return key in self._pending or key in self._running or key in self._rerun
+
+    async def join(self) -> None:
+        """Wait until nothing is queued or running (timers may still be set)."""
+        await self._idle.wait()
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._accepting = True
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"evaluation-worker-{n}")
+            for n in range(self._workers)
+        ]
+
+    async def stop(self, deadline: float = 10.0) -> int:
+        """Stop taking work, let running evaluations finish up to `deadline`; return keys left."""
+        self._accepting = False
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        abandoned = len(self._pending) + len(self._rerun)
+        self._pending.clear()
+        self._rerun.clear()
+        if not self._running:
+            self._idle.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline):
+                await self._idle.wait()
+        abandoned += len(self._running)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._idle.set()
+        return abandoned
+
+    def _take(self) -> tuple[K, Any] | None:
+        if not self._pending:
+            return None
+        key = next(iter(self._pending))
+        return key, self._pending.pop(key)
+
+    async def _worker(self) -> None:
+        while True:
+            item = self._take()
+            if item is None:
+                if not self._running and not self._rerun:
+                    self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            key, hint = item
+            self._running.add(key)
+            delay: float | None = None
+            try:
+                self.evaluations += 1
+                delay = await self._handler(key, hint)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A handler bug must not take a worker down; the sweep will look again.
+                log.exception("evaluation_crashed", key=str(key))
+            finally:
+                self._running.discard(key)
+            if key in self._rerun:
+                self.cancel_timer(key)
+                self.submit(key, self._rerun.pop(key))
+            elif delay is not None and delay <= 0:
+                self.cancel_timer(key)
+                self.submit(key, hint)
+            elif delay is not None and self._accepting:
+                self.submit_later(key, delay, hint)
+            elif delay is None:
+                self.cancel_timer(key)

@@ -1,0 +1,153 @@
+"""Fixtures: a fake GitLab (a real HTTP server) and the bot as a real server, both on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from bot.app import QUEUE, create_app
+from bot.config import Settings
+from bot.logs import configure_logging
+from bot.policy_store import PolicyStore
+from tests.fakegitlab import FakeGitLab
+
+TOKEN = "test-token-0123456789"
+WEBHOOK_SECRET = "hook-secret-abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(fmt="json", level="info", secrets=[TOKEN, WEBHOOK_SECRET])
+
+
+@pytest.fixture
+async def gitlab() -> AsyncIterator[FakeGitLab]:
+    fake = FakeGitLab(token=TOKEN)
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+def write_policies(folder: Path, policies: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in policies.items():
+        (folder / name).write_text(textwrap.dedent(text))
+    return folder
+
+
+@dataclass
+class Bot:
+    """The bot running as a real server, and a client that delivers like GitLab does."""
+
+    url: str
+    app: web.Application
+    session: aiohttp.ClientSession
+    settings: Settings
+
+    async def deliver(
+        self,
+        payload: Any,
+        *,
+        event: str | None = "Merge Request Hook",
+        token: str | None = WEBHOOK_SECRET,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any]:
+        all_headers = {"Content-Type": "application/json"}
+        if event is not None:
+            all_headers["X-Gitlab-Event"] = event
+        if token is not None and event is not None:
+            all_headers["X-Gitlab-Token"] = token
+        all_headers.update(headers or {})
+        body = raw if raw is not None else json.dumps(payload).encode()
+        async with self.session.post(f"{self.url}/webhook", data=body, headers=all_headers) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, text
+
+    async def settle(self, limit: float = 10.0) -> None:
+        """Wait until every queued evaluation (including immediate re-runs) is done."""
+        queue = self.app[QUEUE]
+        async with asyncio.timeout(limit):
+            while True:
+                await queue.join()
+                await asyncio.sleep(0.02)
+                if queue.depth == 0 and queue.running == 0:
+                    return
+
+
+DEFAULT_POLICIES = {
+    "title.yml": """
+        check: conventional-title
+        require:
+          - title: '^(feat|fix|docs|chore)(\\(.+\\))?: '
+    """,
+    "pipeline.yml": """
+        check: pipeline-green
+        require:
+          - pipeline: success
+    """,
+}
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    return write_policies(tmp_path / "policies", DEFAULT_POLICIES)
+
+
+@pytest.fixture
+def make_settings(gitlab: FakeGitLab, policy_dir: Path, tmp_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        settings = Settings(
+            gitlab_url=gitlab.url,
+            gitlab_token=TOKEN,
+            webhook_secret=WEBHOOK_SECRET,
+            policy_dir=policy_dir,
+            state_dir=tmp_path / "state",
+            workers=4,
+            gitlab_timeout=5.0,
+            handle_signals=False,
+            policy_poll_interval=0.2,
+            shutdown_deadline=2.0,
+        )
+        return replace(settings, **overrides)
+
+    return make
+
+
+@pytest.fixture
+async def start_bot(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+    servers: list[TestServer] = []
+    session = aiohttp.ClientSession()
+
+    async def start(**overrides: Any) -> Bot:
+        settings = make_settings(**overrides)
+        store = PolicyStore(settings.policy_dir)
+        store.load()
+        app = create_app(settings, store)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return Bot(str(server.make_url("")).rstrip("/"), app, session, settings)
+
+    yield start
+    for server in servers:
+        await server.close()
+    await session.close()
+
+
+@pytest.fixture
+async def bot(start_bot: Callable[..., Any]) -> Bot:
+    return await start_bot()

@@ -1,0 +1,569 @@
+"""The fake GitLab behaves like GitLab where the bot depends on it (DESIGN.md sections 5 and 6).
+
+Each test talks to a real fake server over HTTP, mostly through gidgetlab as the bot does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import gidgetlab
+import gidgetlab.aiohttp
+import pytest
+
+from tests.fakegitlab import Call, FakeGitLab, diff_file, sha_for
+
+ROOT = Path(__file__).resolve().parent.parent
+MR = "/projects/1/merge_requests/7"
+
+
+async def make_fake(version: str = "18.9.0", **kwargs: Any) -> FakeGitLab:
+    fake = FakeGitLab(version=version, **kwargs)
+    await fake.start()
+    fake.add_project(1, "acme/app")
+    fake.add_mr(1, 7, sha=sha_for("head-1"), title="feat: add login")
+    return fake
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeGitLab]:
+    server = await make_fake()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+def api(session: aiohttp.ClientSession, fake: FakeGitLab, token: str | None = None) -> Any:
+    return gidgetlab.aiohttp.GitLabAPI(
+        session, "test", access_token=token or fake.token, url=fake.url
+    )
+
+
+def headers(fake: FakeGitLab) -> dict[str, str]:
+    return {"PRIVATE-TOKEN": fake.token}
+
+
+async def post_status(gl: Any, check_id: int, sha: str, status: str | None = "passed") -> Any:
+    data: dict[str, Any] = {"external_status_check_id": check_id, "sha": sha}
+    if status is not None:
+        data["status"] = status
+    return await gl.post(f"{MR}/status_check_responses", data=data)
+
+
+# ---------------------------------------------------------------------------- auth and basics
+
+
+async def test_requests_without_a_valid_token_get_401(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(gidgetlab.BadRequest) as wrong:
+        await api(session, fake, token="wrong").getitem("/version")
+    assert wrong.value.status_code == 401
+    async with session.get(f"{fake.api_url}/version") as response:
+        assert response.status == 401
+        assert await response.json() == {"message": "401 Unauthorized"}
+    bearer = {"Authorization": f"Bearer {fake.token}"}
+    async with session.get(f"{fake.api_url}/version", headers=bearer) as response:
+        assert response.status == 200
+    assert [c.status for c in fake.calls] == [401, 401, 200]
+
+
+async def test_version_and_unknown_resources(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    gl = api(session, fake)
+    assert await gl.getitem("/version") == {"version": "18.9.0-ee", "revision": "abc"}
+    project = await gl.getitem("/projects/acme%2Fapp")
+    assert project["id"] == 1 and project["path_with_namespace"] == "acme/app"
+    for url, message in [
+        ("/projects/2", "404 Project Not Found"),
+        ("/projects/1/merge_requests/99", "404 Merge Request Not Found"),
+    ]:
+        with pytest.raises(gidgetlab.BadRequest) as error:
+            await gl.getitem(url)
+        assert error.value.status_code == 404
+        assert str(error.value) == message
+
+
+async def test_mr_shape_depends_on_the_version(session: aiohttp.ClientSession) -> None:
+    shapes = {}
+    for version in ("14.5.0", "15.3.0", "16.8.0", "17.4.0"):
+        fake = await make_fake(version)
+        fake.add_mr(1, 8, title="Draft: wip", labels=["a", "b"], pipeline="running")
+        shapes[version] = await api(session, fake).getitem("/projects/1/merge_requests/8")
+        await fake.close()
+    assert "draft" not in shapes["14.5.0"] and shapes["14.5.0"]["work_in_progress"] is True
+    assert "detailed_merge_status" not in shapes["15.3.0"]
+    assert shapes["15.3.0"]["draft"] is True and shapes["15.3.0"]["work_in_progress"] is True
+    assert shapes["16.8.0"]["detailed_merge_status"] == "draft_status"
+    assert "work_in_progress" not in shapes["17.4.0"] and shapes["17.4.0"]["draft"] is True
+    mr = shapes["17.4.0"]
+    assert mr["labels"] == ["a", "b"]
+    assert mr["head_pipeline"]["status"] == "running" and mr["head_pipeline"]["sha"] == mr["sha"]
+    assert mr["references"]["full"] == "acme/app!8"
+
+
+# ---------------------------------------------------------------------------- pagination
+
+
+async def test_getiter_follows_link_next_across_three_pages(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    fake.set_diffs(1, 7, [diff_file(f"src/file_{n}.py") for n in range(250)])
+    gl = api(session, fake)
+    diffs = [d async for d in gl.getiter(f"{MR}/diffs", {"per_page": "100"})]
+    assert [d["new_path"] for d in diffs] == [f"src/file_{n}.py" for n in range(250)]
+    pages = fake.calls_to("GET", "/diffs")
+    assert [c.query["page"] for c in pages[1:]] == ["2", "3"]
+    assert all(c.query["per_page"] == "100" for c in pages)
+
+    async with session.get(
+        f"{fake.api_url}{MR}/diffs", params={"page": "3", "per_page": "100"}, headers=headers(fake)
+    ) as response:
+        assert len(await response.json()) == 50
+        assert response.headers["x-total"] == "250"
+        assert response.headers["x-total-pages"] == "3"
+        assert response.headers["x-next-page"] == ""
+        assert response.headers["x-prev-page"] == "2"
+        assert 'rel="next"' not in response.headers["link"]
+        assert 'page=1&per_page=100>; rel="first"' in response.headers["link"]
+
+
+async def test_pagination_defaults_caps_and_keeps_query_params(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    for iid in range(1, 26):
+        fake.add_mr(1, 100 + iid, state="opened" if iid % 5 else "merged")
+    url = f"{fake.api_url}/projects/1/merge_requests"
+    async with session.get(url, params={"state": "opened"}, headers=headers(fake)) as response:
+        opened = await response.json()
+        assert response.headers["x-per-page"] == "20" and response.headers["x-total"] == "21"
+        assert len(opened) == 20 and all(mr["state"] == "opened" for mr in opened)
+        assert "state=opened&page=2&per_page=20" in response.headers["link"]
+        assert "head_pipeline" not in opened[0]  # the list entity is the basic one
+    async with session.get(url, params={"per_page": "500"}, headers=headers(fake)) as response:
+        assert response.headers["x-per-page"] == "100"
+    async with session.get(url, params={"page": "x"}, headers=headers(fake)) as response:
+        assert response.status == 400
+        assert await response.json() == {"error": "page is invalid"}
+    gl = api(session, fake)
+    listed = [m["iid"] async for m in gl.getiter("/projects/1/merge_requests", {"state": "opened"})]
+    assert len(listed) == 21
+
+
+# ---------------------------------------------------------------------------- status checks
+
+
+async def test_a_stale_sha_gets_409_naming_the_head(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    check = fake.add_status_check(1, "security-review")
+    with pytest.raises(gidgetlab.BadRequest) as error:
+        await post_status(api(session, fake), check["id"], sha_for("old"))
+    assert error.value.status_code == 409
+    assert str(error.value).startswith("SHA does not match HEAD of source branch")
+    assert str(error.value).endswith(sha_for("head-1"))
+    assert fake.status_posts() == []
+    assert fake.check_status(1, 7, "security-review") == "pending"
+
+
+async def test_status_list_shows_the_newest_response_for_the_head_and_resets_on_push(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    check = fake.add_status_check(1, "security-review", external_url="http://bot/hook?c=sec")
+    gl = api(session, fake)
+    head = fake.mr(1, 7)["sha"]
+    created = await post_status(gl, check["id"], head, "failed")
+    assert created["external_status_check"]["id"] == check["id"]
+    assert created["merge_request"]["iid"] == 7
+    await post_status(gl, check["id"], head, "passed")
+    listed = await gl.getitem(f"{MR}/status_checks")
+    assert listed == [
+        {"id": check["id"], "name": "security-review", "external_url": "http://bot/hook"}
+        | {"status": "passed"}
+    ]
+    assert [c.json["status"] for c in fake.status_posts()] == ["failed", "passed"]
+
+    fake.push(1, 7, sha_for("head-2"))
+    assert (await gl.getitem(f"{MR}/status_checks"))[0]["status"] == "pending"
+    assert (await gl.getitem(MR))["head_pipeline"] is None
+    with pytest.raises(gidgetlab.BadRequest):
+        await post_status(gl, check["id"], head, "passed")
+    await post_status(gl, check["id"], sha_for("head-2"), "failed")
+    assert fake.check_status(1, 7, "security-review") == "failed"
+
+
+async def test_status_post_parameters_by_version(session: aiohttp.ClientSession) -> None:
+    answers: dict[str, list[tuple[int, Any]]] = {}
+    for version in ("15.3.0", "16.4.0", "16.5.0"):
+        fake = await make_fake(version)
+        check = fake.add_status_check(1, "lint")
+        head = fake.mr(1, 7)["sha"]
+        url = f"{fake.api_url}{MR}/status_check_responses"
+        answers[version] = []
+        for body in (
+            {"external_status_check_id": check["id"], "sha": head},
+            {"sha": head, "status": "passed"},
+            {"external_status_check_id": check["id"], "sha": head, "status": "pending"},
+            {"external_status_check_id": check["id"], "sha": head, "status": "done"},
+        ):
+            async with session.post(url, json=body, headers=headers(fake)) as response:
+                answers[version].append((response.status, await response.json()))
+        await fake.close()
+    for version in answers:
+        assert answers[version][0] == (400, {"error": "status is missing"})
+        assert answers[version][1] == (400, {"error": "external_status_check_id is missing"})
+        assert answers[version][3] == (400, {"error": "status does not have a valid value"})
+    assert answers["16.4.0"][2] == (400, {"error": "status does not have a valid value"})
+    assert answers["16.5.0"][2][0] == 201
+
+
+async def test_gitlab_14_records_any_post_as_approved_and_has_no_diffs_endpoint(
+    session: aiohttp.ClientSession,
+) -> None:
+    fake = await make_fake("14.5.0")
+    try:
+        check = fake.add_status_check(1, "lint")
+        gl = api(session, fake)
+        assert (await gl.getitem(f"{MR}/status_checks"))[0]["status"] == "pending"
+        await post_status(gl, check["id"], fake.mr(1, 7)["sha"], status="failed")  # ignored
+        assert (await gl.getitem(f"{MR}/status_checks"))[0]["status"] == "approved"
+        await post_status(gl, check["id"], fake.mr(1, 7)["sha"], status=None)
+        assert len(fake.status_posts()) == 2
+
+        with pytest.raises(gidgetlab.BadRequest) as error:
+            await gl.getitem(f"{MR}/diffs")
+        assert error.value.status_code == 404
+        with pytest.raises(gidgetlab.BadRequest) as error:
+            await gl.post(f"{MR}/status_checks/{check['id']}/retry", data={})
+        assert error.value.status_code == 404
+    finally:
+        await fake.close()
+
+
+async def test_changes_overflow_past_1000_files(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    gl = api(session, fake)
+    fake.set_diffs(1, 7, [diff_file(f"f{n}", additions=2, deletions=1) for n in range(3)])
+    changes = await gl.getitem(f"{MR}/changes")
+    assert changes["overflow"] is False and changes["iid"] == 7
+    assert changes["changes"][0]["diff"].count("\n+") == 2
+    fake.set_diffs(1, 7, [diff_file(f"f{n}") for n in range(1001)])
+    changes = await gl.getitem(f"{MR}/changes")
+    assert changes["overflow"] is True and len(changes["changes"]) == 1000
+    assert changes["changes_count"] == "1000+"
+    raw = await gl.getitem(f"{MR}/changes", {"access_raw_diffs": "true"})
+    assert raw["overflow"] is False and len(raw["changes"]) == 1001
+
+
+async def test_status_checks_are_filtered_by_protected_branch(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    fake.add_status_check(1, "everywhere")
+    fake.add_status_check(1, "main-only", protected_branches=["main"])
+    fake.add_status_check(1, "release-only", protected_branches=["release/*"])
+    fake.add_mr(1, 8, target_branch="release/*")
+    fake.add_mr(1, 9, target_branch="release/1.0")
+    gl = api(session, fake)
+    names = [c["name"] for c in await gl.getitem(f"{MR}/status_checks")]
+    assert names == ["everywhere", "main-only"]
+    assert list(fake.statuses(1, 8)) == ["everywhere", "release-only"]
+    assert list(fake.statuses(1, 9)) == ["everywhere"]  # GitLab compares names exactly
+    branches = await gl.getitem("/projects/1/protected_branches")
+    assert [b["name"] for b in branches] == ["main", "release/*"]
+
+
+async def test_retry_only_for_a_failed_check(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    check = fake.add_status_check(1, "lint")
+    gl = api(session, fake)
+    retry = f"{MR}/status_checks/{check['id']}/retry"
+    with pytest.raises(gidgetlab.InvalidField) as error:
+        await gl.post(retry, data={})
+    assert error.value.status_code == 422
+    await post_status(gl, check["id"], fake.mr(1, 7)["sha"], "failed")
+    assert await gl.post(retry, data={}) == {"message": "202 Accepted"}
+    assert fake.check_status(1, 7, "lint") == "pending"
+
+
+async def test_pending_turns_failed_after_two_minutes_from_16_6(
+    session: aiohttp.ClientSession,
+) -> None:
+    for version, expected in (("16.5.0", "pending"), ("16.6.0", "failed")):
+        fake = await make_fake(version)
+        fake.add_status_check(1, "lint")
+        fake.advance(121)
+        assert fake.check_status(1, 7, "lint") == expected
+        await fake.close()
+
+
+async def test_unlicensed_and_unauthorised_status_posts(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    check = fake.add_status_check(1, "lint")
+    gl = api(session, fake)
+    fake.licensed = False
+    for attempt in (gl.getitem(f"{MR}/status_checks"), post_status(gl, check["id"], "x")):
+        with pytest.raises(gidgetlab.BadRequest) as error:
+            await attempt
+        assert error.value.status_code == 401
+    fake.licensed = True
+    fake.can_approve = False
+    with pytest.raises(gidgetlab.BadRequest) as error:
+        await post_status(gl, check["id"], fake.mr(1, 7)["sha"])
+    assert error.value.status_code == 403
+    fake.can_approve = True
+    with pytest.raises(gidgetlab.BadRequest) as error:
+        await post_status(gl, 424242, fake.mr(1, 7)["sha"])
+    assert (error.value.status_code, str(error.value)) == (404, "404 Not found")
+
+
+async def test_managing_external_status_checks(session: aiohttp.ClientSession) -> None:
+    fake = await make_fake("17.3.0")
+    try:
+        gl = api(session, fake)
+        branch = fake.add_protected_branch(1, "main")
+        created = await gl.post(
+            "/projects/1/external_status_checks",
+            data={
+                "name": "lint",
+                "external_url": "http://bot/webhook?check=lint",
+                "protected_branch_ids": [branch["id"]],
+                "shared_secret": "s3cret",
+            },
+        )
+        assert created["hmac"] is True and "shared_secret" not in created
+        assert [b["name"] for b in created["protected_branches"]] == ["main"]
+        with pytest.raises(gidgetlab.InvalidField) as error:
+            await gl.post(
+                "/projects/1/external_status_checks",
+                data={"name": "other", "external_url": "http://bot/webhook?check=lint"},
+            )
+        assert error.value.status_code == 422
+        updated = await gl.put(
+            f"/projects/1/external_status_checks/{created['id']}", data={"name": "lint2"}
+        )
+        assert updated["name"] == "lint2"
+        assert [c["name"] for c in await gl.getitem("/projects/1/external_status_checks")] == [
+            "lint2"
+        ]
+        await gl.delete(f"/projects/1/external_status_checks/{created['id']}")
+        assert await gl.getitem("/projects/1/external_status_checks") == []
+    finally:
+        await fake.close()
+
+
+async def test_project_setting_hooks_and_notes(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    gl = api(session, fake)
+    project = await gl.put(
+        "/projects/1", data={"only_allow_merge_if_all_status_checks_passed": True}
+    )
+    assert project["only_allow_merge_if_all_status_checks_passed"] is True
+    fake.add_status_check(1, "lint")
+    assert (await gl.getitem(MR))["detailed_merge_status"] == "status_checks_must_pass"
+
+    hook = await gl.post(
+        "/projects/1/hooks",
+        data={"url": "http://bot/webhook", "token": "t0ken", "merge_requests_events": True},
+    )
+    assert hook["merge_requests_events"] is True and hook["push_events"] is True
+    assert "token" not in hook
+    await gl.put(f"/projects/1/hooks/{hook['id']}", data={"pipeline_events": True})
+    hooks = await gl.getitem("/projects/1/hooks")
+    assert hooks[0]["pipeline_events"] is True and "token" not in hooks[0]
+
+    note = await gl.post(f"{MR}/notes", data={"body": "**lint**: failed"})
+    assert note["author"]["username"] == "status-bot"
+    edited = await gl.put(f"{MR}/notes/{note['id']}", data={"body": "**lint**: passed"})
+    assert edited["body"] == "**lint**: passed"
+    assert (await gl.getitem(f"{MR}/notes"))[0]["id"] == note["id"]
+    assert (await gl.getitem("/user"))["id"] == 99
+
+
+# ---------------------------------------------------------------------------- other MR facts
+
+
+async def test_approvals_commits_discussions_and_pipelines(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    gl = api(session, fake)
+    fake.approve(1, 7, {"id": 3, "username": "carol"})
+    fake.set_commits(1, 7, [{"id": sha_for("c2"), "message": "fix: x\n\nSigned-off-by: A <a@x>"}])
+    thread = fake.add_discussion(1, 7, "Rename this", resolvable=True)
+    fake.set_pipeline(1, 7, "running")
+    fake.set_pipeline(1, 7, "success")
+
+    approvals = await gl.getitem(f"{MR}/approvals")
+    assert approvals["approved"] is True
+    assert [a["user"]["username"] for a in approvals["approved_by"]] == ["carol"]
+    commits = await gl.getitem(f"{MR}/commits")
+    assert commits[0]["title"] == "fix: x" and "Signed-off-by" in commits[0]["message"]
+    discussions = await gl.getitem(f"{MR}/discussions")
+    assert discussions[0]["notes"][0]["resolvable"] is True
+    assert discussions[0]["notes"][0]["resolved"] is False
+    mr = await gl.getitem(MR)
+    assert mr["blocking_discussions_resolved"] is False
+    assert mr["head_pipeline"]["status"] == "success"
+    assert [p["status"] for p in await gl.getitem(f"{MR}/pipelines")] == ["success"]
+
+    fake.resolve_discussion(1, 7, thread["id"])
+    fake.unapprove(1, 7, {"id": 3})
+    assert (await gl.getitem(MR))["blocking_discussions_resolved"] is True
+    assert (await gl.getitem(f"{MR}/approvals"))["approved_by"] == []
+
+
+async def test_group_members_all_includes_inherited_members(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    fake.add_group(10, "acme", [{"id": 1, "username": "alice"}, {"id": 2, "username": "bob"}])
+    fake.add_group(11, "security", [{"id": 3, "username": "carol"}], parent="acme")
+    fake.add_group(12, "acme/security/red", [{"id": 4, "username": "dave"}])
+    gl = api(session, fake)
+    direct = [m["username"] async for m in gl.getiter("/groups/acme%2Fsecurity/members")]
+    assert direct == ["carol"]
+    everyone = [m["username"] async for m in gl.getiter("/groups/acme%2Fsecurity/members/all")]
+    assert sorted(everyone) == ["alice", "bob", "carol"]
+    group = await gl.getitem("/groups/11")
+    assert group["full_path"] == "acme/security" and group["parent_id"] == 10
+    descendants = await gl.getitem("/groups/10/descendant_groups")
+    assert [g["full_path"] for g in descendants] == ["acme/security", "acme/security/red"]
+    projects = await gl.getitem("/groups/acme/projects", {"include_subgroups": "true"})
+    assert [p["path_with_namespace"] for p in projects] == ["acme/app"]
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+async def test_fail_with_429_and_retry_after(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    fake.fail(429, retry_after=7, path_contains="/status_checks")
+    url = f"{fake.api_url}{MR}/status_checks"
+    async with session.get(url, headers=headers(fake)) as response:
+        assert response.status == 429
+        assert response.headers["Retry-After"] == "7"
+    async with session.get(url, headers=headers(fake)) as response:
+        assert response.status == 200
+    fake.fail(502, method="GET")
+    with pytest.raises(gidgetlab.GitLabBroken) as error:
+        await api(session, fake).getitem(MR)
+    assert error.value.status_code == 502
+    assert [c.status for c in fake.calls] == [429, 200, 502]
+
+
+async def test_dropped_connections_raise_client_errors(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    gl = api(session, fake)
+    fake.drop_connections(path_contains="/notes")
+    with pytest.raises(aiohttp.ClientError):
+        await gl.post(f"{MR}/notes", data={"body": "x"})
+    # aiohttp retries an idempotent request once after a disconnect: a GET needs two drops.
+    fake.drop_connections(times=1, path_contains=MR)
+    assert (await gl.getitem(MR))["iid"] == 7
+    fake.drop_connections(times=2, path_contains=MR)
+    with pytest.raises(aiohttp.ClientError):
+        await gl.getitem(MR)
+    assert [c.dropped for c in fake.calls] == [True, True, False, True, True]
+
+
+async def test_latency_random_failures_and_rate_limit_headers(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    gl = api(session, fake)
+    fake.latency = 0.05
+    started = time.monotonic()
+    await gl.getitem(MR)
+    assert time.monotonic() - started >= 0.05
+    fake.latency = 0.0
+
+    fake.rate_limit_remaining = 1
+    async with session.get(f"{fake.api_url}{MR}", headers=headers(fake)) as response:
+        assert response.headers["RateLimit-Remaining"] == "0"
+        assert response.headers["RateLimit-Limit"] == "2000"
+    async with session.get(f"{fake.api_url}{MR}", headers=headers(fake)) as response:
+        assert response.status == 429 and response.headers["Retry-After"] == "60"
+    fake.rate_limit_remaining = None
+
+    fake.fail_randomly(0.5, statuses=(500, 503), seed=3)
+    outcomes = []
+    for _ in range(20):
+        async with session.get(f"{fake.api_url}{MR}", headers=headers(fake)) as response:
+            outcomes.append(response.status)
+    assert {500, 503, 200} <= set(outcomes)
+    fake.fail_randomly(0.0)
+    async with session.get(f"{fake.api_url}{MR}", headers=headers(fake)) as response:
+        assert response.status == 200
+
+
+async def test_on_request_acts_mid_flight(fake: FakeGitLab, session: aiohttp.ClientSession) -> None:
+    check = fake.add_status_check(1, "lint")
+    gl = api(session, fake)
+    head = fake.mr(1, 7)["sha"]
+    seen: list[Call] = []
+
+    async def push_first(call: Call) -> None:
+        seen.append(call)
+        fake.push(1, 7, sha_for("head-2"))
+
+    fake.on_request("POST", "/status_check_responses", push_first, times=1)
+    with pytest.raises(gidgetlab.BadRequest) as error:
+        await post_status(gl, check["id"], head)
+    assert error.value.status_code == 409
+    assert seen[0].status == 409  # the same Call object, answered after the callback
+    await post_status(gl, check["id"], sha_for("head-2"))  # times=1: no second push
+
+    after: list[str] = []
+    fake.on_request("GET", MR, lambda call: after.append(fake.mr(1, 7)["sha"]), when="after")
+    fake.on_request("GET", MR, lambda call: fake.push(1, 7, sha_for("head-3")), when="after")
+    assert (await gl.getitem(MR))["sha"] == sha_for("head-2")
+    assert after == [sha_for("head-2")] and fake.mr(1, 7)["sha"] == sha_for("head-3")
+
+
+async def test_runs_standalone_and_prints_its_url() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fakegitlab",
+        "--port",
+        "0",
+        "--seed-mrs",
+        "30",
+        "--checks",
+        "a,b",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        url = (await asyncio.wait_for(process.stdout.readline(), 20)).decode().strip()
+        assert url.startswith("http://127.0.0.1:")
+        async with aiohttp.ClientSession() as client:
+            gl = gidgetlab.aiohttp.GitLabAPI(client, "t", access_token="test-token", url=url)
+            mrs = [m async for m in gl.getiter("/projects/1/merge_requests", {"state": "opened"})]
+            assert len(mrs) == 30
+            checks = await gl.getitem("/projects/acme%2Fapp/merge_requests/1/status_checks")
+            assert [(c["name"], c["status"]) for c in checks] == [
+                ("a", "pending"),
+                ("b", "pending"),
+            ]
+            async with client.get(f"{url}/_fake/stats") as response:
+                assert (await response.json())["calls"] == 3
+    finally:
+        process.terminate()
+        await process.wait()

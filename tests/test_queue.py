@@ -1,0 +1,127 @@
+"""The coalescing queue: one entry per MR, never two evaluations of one MR at once,
+newest hint wins."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.queue import CoalescingQueue
+
+
+async def test_burst_for_one_key_runs_at_most_twice_with_the_newest_hint() -> None:
+    seen: list[tuple[str, int]] = []
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(key: str, hint: int) -> None:
+        seen.append((key, hint))
+        started.set()
+        await release.wait()
+
+    queue: CoalescingQueue[str] = CoalescingQueue(handler, workers=4)
+    queue.start()
+    queue.submit("mr", 0)
+    await started.wait()
+    for n in range(1, 21):
+        queue.submit("mr", n)
+    assert queue.depth == 1
+    release.set()
+    await queue.join()
+    await queue.stop()
+    assert seen == [("mr", 0), ("mr", 20)]
+
+
+async def test_different_keys_run_in_parallel_up_to_the_worker_bound() -> None:
+    running = 0
+    peak = 0
+
+    async def handler(key: int, hint: None) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+
+    queue: CoalescingQueue[int] = CoalescingQueue(handler, workers=3)
+    queue.start()
+    for key in range(10):
+        queue.submit(key)
+    await queue.join()
+    await queue.stop()
+    assert peak == 3
+    assert queue.evaluations == 10
+
+
+async def test_queue_holds_one_entry_per_key_however_many_submissions() -> None:
+    async def handler(key: int, hint: None) -> None:
+        await asyncio.sleep(0)
+
+    queue: CoalescingQueue[int] = CoalescingQueue(handler, workers=1)
+    for _ in range(100):
+        for key in range(50):
+            queue.submit(key)
+    assert queue.depth == 50
+    queue.start()
+    await queue.join()
+    await queue.stop()
+    assert queue.evaluations == 50
+
+
+async def test_returned_delay_reschedules_and_zero_reruns_at_once() -> None:
+    calls: list[str] = []
+
+    async def handler(key: str, hint: None) -> float | None:
+        calls.append(key)
+        if key == "moved" and calls.count("moved") == 1:
+            return 0.0
+        if key == "later" and calls.count("later") == 1:
+            return 0.05
+        return None
+
+    queue: CoalescingQueue[str] = CoalescingQueue(handler, workers=2)
+    queue.start()
+    queue.submit("moved")
+    queue.submit("later")
+    await queue.join()
+    assert calls.count("moved") == 2
+    assert queue.scheduled == 1
+    await asyncio.sleep(0.15)
+    await queue.join()
+    assert calls.count("later") == 2
+    assert queue.scheduled == 0
+    await queue.stop()
+
+
+async def test_a_crashing_handler_does_not_kill_its_worker() -> None:
+    calls: list[int] = []
+
+    async def handler(key: int, hint: None) -> None:
+        calls.append(key)
+        if key == 1:
+            raise RuntimeError("bug")
+
+    queue: CoalescingQueue[int] = CoalescingQueue(handler, workers=1)
+    queue.start()
+    queue.submit(1)
+    queue.submit(2)
+    await queue.join()
+    await queue.stop()
+    assert calls == [1, 2]
+
+
+async def test_stop_lets_running_work_finish_and_refuses_new_work() -> None:
+    finished = []
+
+    async def handler(key: int, hint: None) -> None:
+        await asyncio.sleep(0.05)
+        finished.append(key)
+
+    queue: CoalescingQueue[int] = CoalescingQueue(handler, workers=1)
+    queue.start()
+    queue.submit(1)
+    queue.submit(2)
+    await asyncio.sleep(0.01)
+    abandoned = await queue.stop(deadline=1.0)
+    assert finished == [1]
+    assert abandoned == 1
+    assert queue.submit(3) is False
