@@ -38,6 +38,10 @@ class Settings:
     shutdown_deadline: float = 20.0
     policy_poll_interval: float = 5.0
     handle_signals: bool = True
+    public_url: str | None = None
+    link_secret: str | None = None
+    link_ttl: float = 7 * 24 * 3600.0
+    sweep_budget: float = 5.0
 
     def __repr__(self) -> str:
         # Never let a token reach a log line or a traceback through repr().
@@ -80,6 +84,16 @@ def _gitlab_url(env: Mapping[str, str]) -> str:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ConfigError(f"GITLAB_URL {url!r} is not an http(s) URL")
+    return url
+
+
+def _public_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("PUBLIC_URL", "").strip().rstrip("/")
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"PUBLIC_URL {url!r} is not an http(s) URL")
     return url
 
 
@@ -132,4 +146,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gitlab_concurrency=int(_number(env, "GITLAB_CONCURRENCY", 16, minimum=1)),
         shutdown_deadline=_number(env, "SHUTDOWN_DEADLINE", 20, minimum=0),
         policy_poll_interval=_number(env, "POLICY_POLL_INTERVAL", 5, minimum=0.1),
+        public_url=_public_url(env),
+        link_secret=env.get("LINK_SECRET") or None,
+        link_ttl=_number(env, "LINK_TTL", 7 * 24 * 3600, minimum=60),
+        sweep_budget=_number(env, "SWEEP_BUDGET", 5, minimum=0.1),
     )
