@@ -47,6 +47,8 @@ class Decision:
 
 
 DecisionListener = Callable[[Decision], Awaitable[None] | None]
+# Called once per completed evaluation with all its decisions (e.g. one sticky note per MR).
+EvaluationListener = Callable[[MRKey, MergeRequestFacts, list[Decision]], Awaitable[None] | None]
 
 
 def status_shown(verdict: Verdict, gitlab_status: str, *, reports_failures: bool) -> bool:
@@ -111,6 +113,7 @@ class Evaluator:
         self.groups = groups or GroupDirectory(gitlab)
         self.clock = clock
         self.listeners: list[DecisionListener] = []
+        self.evaluation_listeners: list[EvaluationListener] = []
         self._known_checks: dict[int, frozenset[str]] = {}
         self._failures: dict[MRKey, int] = {}
         self._warned: set[tuple[int, int | None, str]] = set()
@@ -205,6 +208,7 @@ class Evaluator:
         decisions = await self._decide(key, facts, matched, trigger)
         if decisions is None:
             return 0.0  # the head moved under us: look again at once
+        await self._notify_evaluation(key, facts, decisions)
         wakes = [d.verdict.wake_at for d in decisions if d.verdict.wake_at is not None]
         if wakes:
             return max(1.0, (min(wakes) - facts.now).total_seconds() + 1.0)
@@ -278,6 +282,17 @@ class Evaluator:
         if errors:
             raise errors[0]
         return decisions
+
+    async def _notify_evaluation(
+        self, key: MRKey, facts: MergeRequestFacts, decisions: list[Decision]
+    ) -> None:
+        for listener in self.evaluation_listeners:
+            try:
+                result = listener(key, facts, decisions)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("evaluation_listener_failed", mr=key.iid)
 
     async def _announce(self, decision: Decision) -> None:
         verdict = decision.verdict
