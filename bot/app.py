@@ -17,13 +17,19 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.decide import Evaluator
+from bot.decide import Decision, Evaluator, needs_of
+from bot.details import Sources, links_ctx
+from bot.details import add_routes as add_details_routes
 from bot.gitlab import GitLab, GitLabError
 from bot.intake import make_webhook_handler
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
+from bot.metrics import Metrics
 from bot.policy_store import PolicyStore
 from bot.queue import CoalescingQueue
+from bot.record import DecisionRecord
+from bot.sticky import StickyNotes, details_links
+from bot.sweep import BASE_REQUESTS_PER_EVALUATION, Sweeper
 
 log = get_logger(__name__)
 
@@ -33,6 +39,10 @@ GITLAB = web.AppKey("gitlab", GitLab)
 QUEUE = web.AppKey("queue", CoalescingQueue)
 EVALUATOR = web.AppKey("evaluator", Evaluator)
 VERSION_RETRY = web.AppKey("version_retry", asyncio.Task)
+SWEEPER = web.AppKey("sweeper", Sweeper)
+RECORD = web.AppKey("record", DecisionRecord)
+METRICS = web.AppKey("metrics", Metrics)
+STICKY = web.AppKey("sticky", StickyNotes)
 
 READY_PROBE_AGE = 30.0
 
@@ -48,6 +58,7 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
             token=settings.gitlab_token,
             timeout=settings.gitlab_timeout,
             concurrency=settings.gitlab_concurrency,
+            on_response=app[METRICS].gitlab_response,
         )
         app[GITLAB] = gitlab
         if await gitlab.detect_version() is None:
@@ -67,19 +78,82 @@ async def _retry_version(gitlab: GitLab, interval: float = 60.0) -> None:
         await gitlab.detect_version()
 
 
+async def _record_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The decision record in STATE_DIR, open before the workers start and closed (flushed)
+    after they stop. A bad STATE_DIR raises StateError here, before any traffic is accepted."""
+    settings = app[SETTINGS]
+    record = await asyncio.to_thread(
+        DecisionRecord.open, settings.state_dir, retention_days=settings.record_retention_days
+    )
+    app[RECORD] = record
+    yield
+    await record.close()
+
+
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = app[POLICIES]
     queue: CoalescingQueue[MRKey | BranchKey] = CoalescingQueue(
-        lambda key, hint: evaluator(key, hint), workers=settings.workers
+        app[METRICS].timed(lambda key, hint: evaluator(key, hint)), workers=settings.workers
     )
     evaluator = Evaluator(app[GITLAB], lambda: store.current, submit=queue.submit)
     app[QUEUE] = queue
     app[EVALUATOR] = evaluator
+    _observe(app, queue, evaluator)
+    record = app[RECORD]
+    evaluator.listeners.append(record.record)
+    evaluator.evaluation_listeners.append(
+        lambda key, facts, decisions: record.remember_project(facts.project_id, facts.project_path)
+    )
     queue.start()
     yield
     left = await queue.stop(deadline=settings.shutdown_deadline)
     log.info("workers_stopped", abandoned=left)
+
+
+def _observe(
+    app: web.Application, queue: CoalescingQueue[MRKey | BranchKey], evaluator: Evaluator
+) -> None:
+    """Metrics read the queue and count verdicts; the sticky MR note follows each evaluation."""
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    metrics.watch_queue(lambda: queue.depth, lambda: queue.running, lambda: queue.scheduled)
+    evaluator.listeners.append(metrics.verdict)
+    sticky = StickyNotes(
+        app[GITLAB],
+        link_for=details_links(settings),
+        link_ttl=settings.link_ttl,
+        on_write=metrics.note_written,
+    )
+    app[STICKY] = sticky
+    evaluator.evaluation_listeners.append(sticky)
+
+
+async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Reconcile at start-up and every RECONCILE_INTERVAL (DESIGN principle 4)."""
+    settings = app[SETTINGS]
+    store = app[POLICIES]
+    sweeper = Sweeper(
+        app[GITLAB],
+        app[QUEUE],
+        configured=settings.projects,
+        budget=settings.sweep_budget,
+        requests_per_evaluation=lambda: (
+            BASE_REQUESTS_PER_EVALUATION + len(needs_of(store.current.policies).describe())
+        ),
+    )
+    app[SWEEPER] = sweeper
+
+    def count_repairs(decision: Decision) -> None:
+        if decision.trigger == "sweep" and decision.action == "posted":
+            sweeper.count_repair(tampered=decision.tampered)
+
+    app[EVALUATOR].listeners.append(count_repairs)
+    task = asyncio.create_task(sweeper.run_forever(settings.reconcile_interval), name="sweep")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _policy_watch_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -128,6 +202,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if not problems else 503)
 
 
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus scrape (text format; OpenMetrics when the scraper asks for it)."""
+    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Application:
     """Build the service. `store` must already hold loaded policies (serve loads them strictly)."""
     if store is None:
@@ -136,8 +216,12 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[POLICIES] = store
+    app[METRICS] = metrics = Metrics()
 
     def submit(key: MRKey | BranchKey, hint: Hint) -> bool:
+        sweeper = app.get(SWEEPER)
+        if sweeper is not None and hint.project_path:
+            sweeper.remember(key.project_id, hint.project_path)
         queue = app.get(QUEUE)
         return queue.submit(key, hint) if queue is not None else False
 
@@ -147,9 +231,20 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
             webhook_secret=settings.webhook_secret,
             status_check_secret=settings.status_check_secret,
             submit=submit,
+            on_delivery=metrics.delivery,
         ),
     )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.cleanup_ctx.extend([_gitlab_ctx, _workers_ctx, _policy_watch_ctx])
+    add_details_routes(
+        app,
+        Sources(
+            gitlab=lambda: app.get(GITLAB),
+            record=lambda: app.get(RECORD),
+            policies=lambda: store.current,
+        ),
+    )
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.cleanup_ctx.extend([_record_ctx, links_ctx(settings)])  # before everything that records
+    app.cleanup_ctx.extend([_gitlab_ctx, _workers_ctx, _sweep_ctx, _policy_watch_ctx])
     return app

@@ -27,6 +27,7 @@ from bot.policy.model import Policy, PolicySet, Verdict
 log = get_logger(__name__)
 
 MAX_RETRY_DELAY = 300.0
+POSTED_MEMORY = 100_000
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Decision:
     policy: Policy
     trigger: str
     at: dt.datetime
+    # GitLab showed a verdict for this SHA that the bot never posted (someone set it by hand).
+    tampered: bool = False
 
 
 DecisionListener = Callable[[Decision], Awaitable[None] | None]
@@ -113,10 +116,13 @@ class Evaluator:
         self.groups = groups or GroupDirectory(gitlab)
         self.clock = clock
         self.listeners: list[DecisionListener] = []
+        self.retry_base = 5.0  # seconds before re-evaluating after a transient GitLab failure
         self.evaluation_listeners: list[EvaluationListener] = []
         self._known_checks: dict[int, frozenset[str]] = {}
         self._failures: dict[MRKey, int] = {}
         self._warned: set[tuple[int, int | None, str]] = set()
+        # What this process last posted per (MR, check): (sha, status). Bounded, oldest dropped.
+        self._posted: dict[tuple[MRKey, str], tuple[str, str]] = {}
 
     # -- the queue's entry point --------------------------------------------------------------
 
@@ -138,7 +144,8 @@ class Evaluator:
             failures = self._failures.get(key, 0) + 1 if isinstance(key, MRKey) else 1
             if isinstance(key, MRKey):
                 self._failures[key] = failures
-            delay = min(MAX_RETRY_DELAY, 5.0 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2)
+            delay = min(MAX_RETRY_DELAY, self.retry_base * 2 ** (failures - 1))
+            delay *= random.uniform(0.8, 1.2)
             log.warning(
                 "gitlab_unavailable", key=str(key), error=exc.advice(), retry_in=round(delay, 1)
             )
@@ -242,6 +249,9 @@ class Evaluator:
                 action = "not_reportable"
             else:
                 action = "posted"
+            tampered = action == "posted" and self._looks_forged(
+                key, policy.check, facts.sha, shown
+            )
             decision = Decision(
                 key=key,
                 project_path=facts.project_path,
@@ -254,6 +264,7 @@ class Evaluator:
                 policy=policy,
                 trigger=trigger,
                 at=facts.now,
+                tampered=tampered,
             )
             decisions.append(decision)
             if action == "posted":
@@ -275,6 +286,8 @@ class Evaluator:
                     error if isinstance(error, GitLabError) else GitLabError(None, str(error))
                 )
                 continue
+            elif decision.action == "posted":
+                self._remember_post(decision)
             await self._announce(decision)
         if head_moved:
             log.info("head_moved", project=facts.project_path, mr=key.iid, sha=facts.sha)
@@ -282,6 +295,26 @@ class Evaluator:
         if errors:
             raise errors[0]
         return decisions
+
+    def _looks_forged(self, key: MRKey, check: str, sha: str, shown: str) -> bool:
+        """GitLab shows a verdict for this SHA that differs from what we posted for it, or one we
+        never posted (a `passed` nobody here decided). Memory starts empty at each start."""
+        if shown not in ("passed", "failed", "approved"):
+            return False
+        last = self._posted.get((key, check))
+        if last is None:
+            return shown in ("passed", "approved")
+        return last[0] == sha and last[1] != shown
+
+    def _remember_post(self, decision: Decision) -> None:
+        status = decision.verdict.status
+        if status == "passed" and not self.gitlab.reports_failures:
+            status = "approved"
+        slot = (decision.key, decision.check)
+        self._posted.pop(slot, None)
+        self._posted[slot] = (decision.sha, status)
+        if len(self._posted) > POSTED_MEMORY:
+            del self._posted[next(iter(self._posted))]
 
     async def _notify_evaluation(
         self, key: MRKey, facts: MergeRequestFacts, decisions: list[Decision]
@@ -296,6 +329,17 @@ class Evaluator:
 
     async def _announce(self, decision: Decision) -> None:
         verdict = decision.verdict
+        if decision.tampered:
+            log.warning(
+                "tamper",
+                project=decision.project_path,
+                mr=decision.key.iid,
+                sha=decision.sha,
+                check=decision.check,
+                shown=decision.gitlab_status,
+                verdict=verdict.status,
+                reason="GitLab showed a status for this SHA that the bot did not post; overwritten",
+            )
         log.info(
             "decision",
             project=decision.project_path,

@@ -87,6 +87,58 @@ class GitLabError(Exception):
         return f"GitLab answered {self.status}: {self.message}"
 
 
+class RateLimitPacer:
+    """Slows down before GitLab says 429: once few requests are left in the rate-limit window
+    (`RateLimit-Remaining`), the rest are spread evenly until `RateLimit-Reset`."""
+
+    def __init__(self, *, reserve_fraction: float = 0.1, min_reserve: int = 20) -> None:
+        self.reserve_fraction = reserve_fraction
+        self.min_reserve = min_reserve
+        self.remaining: int | None = None
+        self.limit: int | None = None
+        self.reset_at: float | None = None
+        self._next_slot = 0.0
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        try:
+            remaining = headers.get("ratelimit-remaining") or headers.get("RateLimit-Remaining")
+            if remaining is None:
+                return
+            self.remaining = int(remaining)
+            limit = headers.get("ratelimit-limit") or headers.get("RateLimit-Limit")
+            self.limit = int(limit) if limit else self.limit
+            reset = headers.get("ratelimit-reset") or headers.get("RateLimit-Reset")
+            self.reset_at = float(reset) if reset else self.reset_at
+        except ValueError:
+            return
+
+    def delay(self, now: float | None = None) -> float:
+        """Spacing between requests (0 while the window has room)."""
+        if self.remaining is None or self.reset_at is None:
+            return 0.0
+        reserve = max(self.min_reserve, int((self.limit or 0) * self.reserve_fraction))
+        if self.remaining > reserve:
+            return 0.0
+        window = self.reset_at - (time.time() if now is None else now)
+        if window <= 0:
+            return 0.0
+        return min(MAX_PACING_DELAY, window / max(self.remaining, 1))
+
+    async def wait(self) -> None:
+        """Take the next free slot; concurrent callers queue up one spacing apart."""
+        spacing = self.delay()
+        if not spacing:
+            return
+        now = time.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + spacing
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+MAX_PACING_DELAY = 30.0
+
+
 class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
     """gidgetlab's aiohttp client with a timeout, retries and a concurrency limit per request."""
 
@@ -106,6 +158,7 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
         self._limit = asyncio.Semaphore(concurrency)
         self._max_attempts = max_attempts
         self._on_response = on_response
+        self.pacer = RateLimitPacer()
 
     def _retryable(self, method: str, url: str) -> bool:
         # Reads and status responses can be repeated safely (the newest status row for a SHA wins).
@@ -117,6 +170,7 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
         attempt = 0
         while True:
             attempt += 1
+            await self.pacer.wait()
             try:
                 async with self._limit, asyncio.timeout(self._timeout):
                     status, resp_headers, data = await super()._request(method, url, headers, body)
@@ -130,6 +184,7 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
                     raise GitLabError(None, reason, path=_path_of(url)) from None
                 await asyncio.sleep(_backoff(attempt))
                 continue
+            self.pacer.observe(resp_headers)
             if self._on_response:
                 self._on_response(method, url, status, resp_headers)
             if (
@@ -316,3 +371,27 @@ class GitLab:
         if self.reports_failures:
             data["status"] = status
         await self.post(f"{self._mr_path(project, iid)}/status_check_responses", data)
+
+    # -- notes (the sticky MR note, bot/sticky.py) ------------------------------------------
+
+    async def current_user(self) -> dict[str, Any]:
+        """The token's user (whose notes are the bot's own)."""
+        return await self.get("/user")
+
+    async def list_notes(self, project: int | str, iid: int) -> list[dict[str, Any]]:
+        """Every note of the MR, oldest first (system notes included; GitLab paginates)."""
+        return await self.get_all(f"{self._mr_path(project, iid)}/notes", {"sort": "asc"})
+
+    async def create_note(self, project: int | str, iid: int, body: str) -> dict[str, Any]:
+        # Not retried (a POST): a note created by an attempt that timed out is found next time.
+        return await self.post(f"{self._mr_path(project, iid)}/notes", {"body": body})
+
+    async def update_note(
+        self, project: int | str, iid: int, note_id: int, body: str
+    ) -> dict[str, Any]:
+        return await self.put(f"{self._mr_path(project, iid)}/notes/{note_id}", {"body": body})
+
+    # -- project set-up (register) ----------------------------------------------------------
+
+    async def delete(self, path: str) -> None:
+        await self._call(self.api.delete(path), path)

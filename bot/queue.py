@@ -28,6 +28,9 @@ class CoalescingQueue(Generic[K]):
         self._handler = handler
         self._workers = workers
         self._pending: dict[K, Any] = {}  # queued, not yet started; insertion order = FIFO
+        # The reconciliation sweep's lane: drained only when no delivery is waiting, so a sweep
+        # of thousands of MRs never delays a webhook.
+        self._background: dict[K, Any] = {}
         self._running: set[K] = set()
         self._rerun: dict[K, Any] = {}  # arrived while running: run once more afterwards
         self._timers: dict[K, asyncio.TimerHandle] = {}
@@ -35,6 +38,7 @@ class CoalescingQueue(Generic[K]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._progress = asyncio.Event()  # set whenever work is taken or finished
         self._accepting = True
         self.evaluations = 0
 
@@ -47,10 +51,24 @@ class CoalescingQueue(Generic[K]):
         if key in self._running:
             self._rerun[key] = hint
         else:
+            self._background.pop(key, None)
             self._pending.pop(key, None)  # re-insert: keep the newest hint
             self._pending[key] = hint
             self._idle.clear()
             self._wakeup.set()
+        return True
+
+    def submit_background(self, key: K, hint: Any = None) -> bool:
+        """Evaluate `key` when no delivery is waiting; a no-op if it is already queued or running
+        (that evaluation reads the same current state)."""
+        if not self._accepting:
+            return False
+        if key in self._running or key in self._pending or key in self._rerun:
+            return True
+        self._background.pop(key, None)
+        self._background[key] = hint
+        self._idle.clear()
+        self._wakeup.set()
         return True
 
     def submit_later(self, key: K, delay: float, hint: Any = None) -> None:
@@ -75,7 +93,11 @@ class CoalescingQueue(Generic[K]):
     @property
     def depth(self) -> int:
         """Keys waiting to be evaluated (queued or waiting to re-run), not counting timers."""
-        return len(self._pending) + len(self._rerun)
+        return len(self._pending) + len(self._rerun) + len(self._background)
+
+    @property
+    def background_depth(self) -> int:
+        return len(self._background)
 
     @property
     def running(self) -> int:
@@ -86,7 +108,26 @@ class CoalescingQueue(Generic[K]):
         return len(self._timers)
 
     def is_busy(self, key: K) -> bool:
-        return key in self._pending or key in self._running or key in self._rerun
+        return (
+            key in self._pending
+            or key in self._running
+            or key in self._rerun
+            or key in self._background
+        )
+
+    async def wait_background_below(self, limit: int) -> None:
+        """Wait until fewer than `limit` keys wait in the background lane."""
+        while len(self._background) >= limit and self._accepting:
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def wait_for(self, keys: set[K]) -> None:
+        """Wait until none of `keys` is queued or running any more."""
+        remaining = {key for key in keys if self.is_busy(key)}
+        while remaining and self._accepting:
+            self._progress.clear()
+            await self._progress.wait()
+            remaining = {key for key in remaining if self.is_busy(key)}
 
     async def join(self) -> None:
         """Wait until nothing is queued or running (timers may still be set)."""
@@ -107,9 +148,11 @@ class CoalescingQueue(Generic[K]):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        abandoned = len(self._pending) + len(self._rerun)
+        abandoned = len(self._pending) + len(self._rerun) + len(self._background)
         self._pending.clear()
         self._rerun.clear()
+        self._background.clear()
+        self._progress.set()
         if not self._running:
             self._idle.set()
         with contextlib.suppress(TimeoutError):
@@ -124,10 +167,12 @@ class CoalescingQueue(Generic[K]):
         return abandoned
 
     def _take(self) -> tuple[K, Any] | None:
-        if not self._pending:
-            return None
-        key = next(iter(self._pending))
-        return key, self._pending.pop(key)
+        for lane in (self._pending, self._background):
+            if lane:
+                key = next(iter(lane))
+                self._progress.set()
+                return key, lane.pop(key)
+        return None
 
     async def _worker(self) -> None:
         while True:
@@ -151,6 +196,7 @@ class CoalescingQueue(Generic[K]):
                 log.exception("evaluation_crashed", key=str(key))
             finally:
                 self._running.discard(key)
+                self._progress.set()
             if key in self._rerun:
                 self.cancel_timer(key)
                 self.submit(key, self._rerun.pop(key))

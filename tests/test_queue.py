@@ -125,3 +125,29 @@ async def test_stop_lets_running_work_finish_and_refuses_new_work() -> None:
     assert finished == [1]
     assert abandoned == 1
     assert queue.submit(3) is False
+
+
+async def test_background_work_waits_for_deliveries_and_never_duplicates_them() -> None:
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def handler(key: str, hint: str) -> None:
+        if key == "blocker":
+            await gate.wait()
+        order.append(f"{key}:{hint}")
+
+    queue: CoalescingQueue[str] = CoalescingQueue(handler, workers=1)
+    queue.start()
+    queue.submit("blocker", "hook")
+    await asyncio.sleep(0)
+    for n in range(3):
+        queue.submit_background(f"sweep-{n}", "sweep")
+    queue.submit("a", "hook")
+    queue.submit_background("a", "sweep")  # already queued by a delivery: no second entry
+    queue.submit("sweep-2", "hook")  # a delivery promotes a background key, newest hint
+    assert queue.depth == 4
+    assert queue.background_depth == 2
+    gate.set()
+    await queue.join()
+    await queue.stop()
+    assert order == ["blocker:hook", "a:hook", "sweep-2:hook", "sweep-0:sweep", "sweep-1:sweep"]

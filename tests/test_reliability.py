@@ -1,0 +1,166 @@
+"""Never stale, never lost: the sweep heals missed webhooks and forged statuses, and GitLab faults
+(5xx, dropped connections, 429 bursts, outages) end with every check at the right verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bot.app import EVALUATOR, SWEEPER
+from bot.gitlab import RateLimitPacer
+from tests import payloads
+from tests.conftest import Bot
+from tests.fakegitlab import FakeGitLab
+
+GOOD_TITLE = "feat: add login"
+BAD_TITLE = "added login"
+
+
+def sha_of(iid: int) -> str:
+    return f"{iid:040x}"
+
+
+CHECK_ID = 77
+
+
+def seed_project(gitlab: FakeGitLab, mrs: int) -> dict[int, str]:
+    """acme/app with `mrs` open MRs, odd iids with a conventional title; returns the verdicts
+    a correct bot must end with for the `conventional-title` check."""
+    gitlab.add_project(1, "acme/app")
+    gitlab.add_status_check(1, "conventional-title", id=CHECK_ID)
+    expected = {}
+    for iid in range(1, mrs + 1):
+        good = iid % 2 == 1
+        gitlab.add_mr(
+            1,
+            iid,
+            sha=sha_of(iid),
+            title=GOOD_TITLE if good else BAD_TITLE,
+            source_branch=f"feature-{iid}",
+            target_branch="main",
+        )
+        expected[iid] = "passed" if good else "failed"
+    return expected
+
+
+def shown(gitlab: FakeGitLab, mrs: dict[int, str]) -> dict[int, str]:
+    return {iid: gitlab.check_status(1, iid, "conventional-title") for iid in mrs}
+
+
+async def converge(condition: Callable[[], bool], limit: float = 15.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("did not converge in time")
+        await asyncio.sleep(0.05)
+
+
+def log_events(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    lines = capsys.readouterr().err.splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+async def test_start_up_sweep_heals_missed_webhooks(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any]
+) -> None:
+    expected = seed_project(gitlab, 6)
+    started = time.monotonic()
+    bot: Bot = await start_bot(projects=("acme/app",))
+    await converge(lambda: shown(gitlab, expected) == expected)
+    # One list request, then per MR: the MR and its status checks, and one post where it differed.
+    assert len(gitlab.calls_to("GET", "/projects/acme%2Fapp/merge_requests")) == 1
+    assert len(gitlab.status_posts()) == len(expected)
+    await converge(lambda: bot.app[SWEEPER].sweeps == 1)
+    # Paced to the default budget of 5 requests/s: 1 list + 6 x 2 reads, the last batch starting
+    # (13 - 2) / 5 = 2.2 s after the first.
+    assert 2.1 <= time.monotonic() - started < 6
+
+
+async def test_forged_passed_is_overwritten_by_the_next_sweep_and_logged_as_tamper(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = seed_project(gitlab, 2)
+    bot: Bot = await start_bot(projects=("acme/app",), reconcile_interval=1.0, sweep_budget=500)
+    await converge(lambda: shown(gitlab, expected) == expected)
+    gitlab.set_status(1, 2, CHECK_ID, sha_of(2), "passed")  # someone forges it through the API
+    assert gitlab.check_status(1, 2, "conventional-title") == "passed"
+    sweeps = bot.app[SWEEPER].sweeps
+    await converge(lambda: bot.app[SWEEPER].sweeps > sweeps + 1)
+    assert gitlab.check_status(1, 2, "conventional-title") == "failed"
+    events = log_events(capsys)
+    tamper = [e for e in events if e["event"] == "tamper"]
+    assert [(e["mr"], e["shown"], e["verdict"]) for e in tamper] == [(2, "passed", "failed")]
+    finished = [e for e in events if e["event"] == "sweep_finished"]
+    assert any(e["repaired"] == 1 and e["tampered"] == 1 for e in finished)
+    # Sweeps with nothing to repair post nothing.
+    assert len(gitlab.status_posts()) == len(expected) + 1
+
+
+async def test_random_faults_and_a_429_burst_still_end_correct_with_bounded_calls(
+    gitlab: FakeGitLab, bot: Bot
+) -> None:
+    expected = seed_project(gitlab, 10)
+    bot.app[EVALUATOR].retry_base = 0.1
+    gitlab.fail(429, times=4, retry_after=1)
+    gitlab.fail_randomly(0.3, statuses=(500, 502, "reset"), seed=7)
+    for iid in expected:
+        status, _ = await bot.deliver(payloads.merge_request_hook(iid=iid, sha=sha_of(iid)))
+        assert status == 202
+    await converge(lambda: shown(gitlab, expected) == expected, limit=30)
+    # Ten MRs need ~3 requests each when nothing fails; faults may multiply that, not explode it.
+    assert len(gitlab.calls) < 10 * 3 * 4
+
+
+async def test_gitlab_down_for_a_while_then_back_converges(gitlab: FakeGitLab, bot: Bot) -> None:
+    expected = seed_project(gitlab, 4)
+    bot.app[EVALUATOR].retry_base = 0.2
+    gitlab.fail(503, times=10_000)
+    for iid in expected:
+        await bot.deliver(payloads.merge_request_hook(iid=iid, sha=sha_of(iid)))
+    await asyncio.sleep(1.0)
+    assert gitlab.status_posts() == []
+    failing_calls = len(gitlab.calls)
+    gitlab.clear_faults()
+    await converge(lambda: shown(gitlab, expected) == expected)
+    # While down the bot backed off instead of hammering GitLab.
+    assert failing_calls < 4 * 4 * 6
+
+
+async def test_pacer_spreads_requests_when_the_rate_limit_runs_low() -> None:
+    pacer = RateLimitPacer(min_reserve=20)
+    now = 1_000.0
+    pacer.observe(
+        {"RateLimit-Remaining": "500", "RateLimit-Limit": "2000", "RateLimit-Reset": "1060"}
+    )
+    assert pacer.delay(now) == 0.0
+    pacer.observe(
+        {"RateLimit-Remaining": "30", "RateLimit-Limit": "2000", "RateLimit-Reset": "1060"}
+    )
+    assert pacer.delay(now) == pytest.approx(2.0)  # 60 s left for 30 requests
+    pacer.observe(
+        {"RateLimit-Remaining": "0", "RateLimit-Limit": "2000", "RateLimit-Reset": "1060"}
+    )
+    assert pacer.delay(now) == 30.0  # capped
+    assert pacer.delay(now=2_000.0) == 0.0  # the window has reset
+
+
+async def test_bot_slows_down_before_gitlab_answers_429(gitlab: FakeGitLab, bot: Bot) -> None:
+    expected = seed_project(gitlab, 3)
+    gitlab.rate_limit_limit = 100
+    gitlab.rate_limit_remaining = 15  # under the reserve: spread what is left over the window
+    gitlab.rate_limit_reset_after = 3
+    started = time.monotonic()
+    for iid in expected:
+        await bot.deliver(payloads.merge_request_hook(iid=iid, sha=sha_of(iid)))
+    await converge(lambda: shown(gitlab, expected) == expected)
+    elapsed = time.monotonic() - started
+    assert not [c for c in gitlab.calls if c.status == 429]
+    # ~9 requests, each spaced ~2-3 s / remaining after the first answer: most of a second,
+    # where unpaced they take a few milliseconds.
+    assert elapsed > 0.6
+    assert bot.app[EVALUATOR].gitlab.api.pacer.remaining == 15 - len(gitlab.calls)
