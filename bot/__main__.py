@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings
+from bot.record import StateError
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -15,13 +17,17 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _settings() -> Settings:
+def _settings(*, quiet: bool = False) -> Settings:
+    """Settings, and logging set up; `quiet` (one-shot commands) logs only errors unless debug."""
     settings = load_settings()
     from bot.logs import configure_logging
 
+    level = settings.log_level
+    if quiet and level != "debug":
+        level = "error"
     configure_logging(
         fmt=settings.log_format,
-        level=settings.log_level,
+        level=level,
         secrets=[
             s
             for s in (settings.gitlab_token, settings.webhook_secret, settings.status_check_secret)
@@ -64,14 +70,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         gitlab=settings.gitlab_url,
         checks=sorted(p.check for p in policies.policies),
     )
-    web.run_app(
-        create_app(settings, store),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_deadline,
-    )
+    try:
+        web.run_app(
+            create_app(settings, store),
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=settings.shutdown_deadline,
+        )
+    except StateError as exc:  # STATE_DIR unusable: found while starting, before any traffic
+        return _fail(str(exc), 1)
+    except OSError as exc:  # the address is taken or not ours: say so, no traceback
+        import errno
+        import socket
+
+        listen_errors = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+        if exc.errno not in listen_errors and not isinstance(exc, socket.gaierror):
+            raise
+        return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", 1)
     log.info("stopped")
     return 0
 
@@ -105,10 +122,76 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from bot.explain import explain
+    from bot.explain import explain, use_color
+
+    settings = _settings(quiet=True)
+    return explain(settings, args.merge_request, color=use_color(sys.stdout))
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from bot.register import register
 
     settings = _settings()
-    return explain(settings, args.merge_request, color=sys.stdout.isatty())
+    return register(
+        settings,
+        args.target,
+        url=args.url,
+        dry_run=args.dry_run,
+        require=args.require,
+        update_secrets=args.update_secrets,
+        prune=args.prune,
+        group=args.group,
+    )
+
+
+def _local_settings() -> Settings:
+    """Settings for commands that read only STATE_DIR (and the link settings): they must work
+    on a machine without GitLab's URL or token, so those two are filled with placeholders."""
+    from bot.logs import configure_logging
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITLAB_")}
+    env.update(GITLAB_URL="http://gitlab.invalid", GITLAB_TOKEN="unused")
+    settings = load_settings(env)
+    configure_logging(fmt=settings.log_format, level="error", secrets=[])
+    return settings
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bot.explain import parse_reference
+    from bot.record import history_line, read_history
+
+    settings = _local_settings()
+    try:
+        project, iid = parse_reference(args.merge_request)
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        rows = asyncio.run(read_history(settings.state_dir, project, iid, args.limit))
+    except StateError as exc:
+        return _fail(str(exc), 1)
+    if not rows:
+        print(f"no decisions recorded for {args.merge_request} in {settings.state_dir}")
+    for row in rows:
+        print(history_line(row))
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from bot.details import mint_link
+
+    settings = _local_settings()
+    try:
+        link = mint_link(settings, args.merge_request, ttl=args.ttl)
+    except ValueError as exc:
+        return _fail(str(exc))
+    except StateError as exc:
+        return _fail(str(exc), 1)
+    print(link)
+    if not settings.public_url:
+        print("note: PUBLIC_URL is not set; put the bot's address before it", file=sys.stderr)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +211,36 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="evaluate a live MR read-only, e.g. group/app!42")
     explain.add_argument("merge_request", metavar="PROJECT!IID")
     explain.set_defaults(func=cmd_explain)
+    register = commands.add_parser(
+        "register",
+        help="create or update the status checks and webhook of a project or group's projects",
+    )
+    register.add_argument("target", metavar="PROJECT_OR_GROUP", help="path or id")
+    register.add_argument("--url", help="the bot's webhook URL (default: PUBLIC_URL + /webhook)")
+    register.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    register.add_argument(
+        "--require", action="store_true", help='turn on "Status checks must succeed"'
+    )
+    register.add_argument(
+        "--update-secrets",
+        action="store_true",
+        help="re-send WEBHOOK_SECRET and STATUS_CHECK_SECRET (GitLab never shows them back)",
+    )
+    register.add_argument(
+        "--prune", action="store_true", help="delete status checks at the bot with no policy"
+    )
+    register.add_argument("--group", action="store_true", help="TARGET is a group (not a project)")
+    register.set_defaults(func=cmd_register)
+    history = commands.add_parser(
+        "history", help="print an MR's recorded decisions, newest first (reads STATE_DIR only)"
+    )
+    history.add_argument("merge_request", metavar="PROJECT!IID")
+    history.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    history.set_defaults(func=cmd_history)
+    link = commands.add_parser("link", help="print a signed link to an MR's details page")
+    link.add_argument("merge_request", metavar="PROJECT!IID")
+    link.add_argument("--ttl", type=float, help="seconds the link stays valid (default LINK_TTL)")
+    link.set_defaults(func=cmd_link)
     return parser
 
 

@@ -21,7 +21,7 @@ from bot.decide import Decision, Evaluator, needs_of
 from bot.details import Sources, links_ctx
 from bot.details import add_routes as add_details_routes
 from bot.gitlab import GitLab, GitLabError
-from bot.intake import make_webhook_handler
+from bot.intake import make_webhook_handler, webhook_method_not_allowed
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
 from bot.metrics import Metrics
@@ -137,7 +137,11 @@ async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GITLAB],
         app[QUEUE],
         configured=settings.projects,
+        remembered=app[RECORD].known_projects,
         budget=settings.sweep_budget,
+        on_finished=lambda report: app[METRICS].sweep_finished(
+            report.duration, report.repaired, report.tampered
+        ),
         requests_per_evaluation=lambda: (
             BASE_REQUESTS_PER_EVALUATION + len(needs_of(store.current.policies).describe())
         ),
@@ -232,8 +236,10 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
             status_check_secret=settings.status_check_secret,
             submit=submit,
             on_delivery=metrics.delivery,
+            max_body_bytes=settings.max_body_bytes,
         ),
     )
+    app.router.add_route("*", "/webhook", webhook_method_not_allowed)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_details_routes(

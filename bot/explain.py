@@ -1,94 +1,249 @@
 """`python -m bot explain group/app!42`: judge a live MR with every policy, read-only.
 
-It reads exactly what the service would read and prints each policy's rule tree with its
-evidence, plus the facts it fetched, so a policy author can see why a check is red without
-touching GitLab's state.
+It reads what the service would read (the MR, its status checks and exactly the optional facts the
+applicable policies need), prints those facts, then each policy's rule tree with its evidence, so
+a policy author can see why a check is red without touching GitLab's state: only GET requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
+import os
 import re
 import sys
-from typing import TextIO
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 import aiohttp
 
 from bot.config import Settings
 from bot.decide import applies, needs_of
+from bot.facts import MergeRequestFacts
 from bot.fetch import GroupDirectory, base_facts, merge_facts, read_optional
 from bot.gitlab import GitLab, GitLabError
 from bot.policy import evaluate, render_verdict
-from bot.policy.model import PolicyLoadError
+from bot.policy.model import PolicyLoadError, Verdict
+from bot.policy.registry import listing, plural
 from bot.policy_store import PolicyStore
 
 _REFERENCE = re.compile(r"^(?P<project>[^!\s]+)!(?P<iid>\d+)$")
+_BOLD, _DIM, _RESET = "\033[1m", "\033[2m", "\033[0m"
+
+
+class ExplainError(Exception):
+    """Explaining failed for a reason the user can fix; the message is the one line shown."""
 
 
 def parse_reference(text: str) -> tuple[int | str, int]:
     """`group/app!42` or `17!42` → (project, iid); raises ValueError with a usable message."""
     match = _REFERENCE.match(text.strip())
-    if not match:
+    if not match or int(match["iid"]) < 1:
         raise ValueError(f"{text!r} is not PROJECT!IID (e.g. group/app!42 or 17!42)")
-    project = match["project"]
+    project = match["project"].strip("/")
     return (int(project) if project.isdigit() else project), int(match["iid"])
 
 
-async def _explain(
-    settings: Settings, project: int | str, iid: int, out: TextIO, color: bool
-) -> int:
-    store = PolicyStore(settings.policy_dir)
-    policy_set = store.load()
+def use_color(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """Colour only for a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    env = os.environ if env is None else env
+    if env.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+@dataclasses.dataclass
+class Reading:
+    """What explain read from GitLab."""
+
+    facts: MergeRequestFacts
+    fetched: list[str]
+    listed: list[dict[str, Any]] | None
+    listed_problem: str | None
+    version: str
+    requests: list[tuple[str, str]]
+
+
+async def read_mr(settings: Settings, project: int | str, iid: int, policies: list[Any]) -> Reading:
+    """The MR and the facts its applicable policies need, through GET requests only."""
+    requests: list[tuple[str, str]] = []
+
+    def record(method: str, url: str, status: int | None, headers: Mapping[str, str]) -> None:
+        requests.append((method, url))
+
     async with aiohttp.ClientSession() as session:
         gitlab = GitLab(
             session,
             url=settings.gitlab_url,
             token=settings.gitlab_token,
             timeout=settings.gitlab_timeout,
+            max_attempts=2,
+            on_response=record,
         )
         await gitlab.detect_version()
-        mr, listed = await asyncio.gather(
-            gitlab.merge_request(project, iid), gitlab.status_checks(project, iid)
+        reference = f"{project}!{iid}"
+        mr_read, checks_read = await asyncio.gather(
+            gitlab.merge_request(project, iid),
+            gitlab.status_checks(project, iid),
+            return_exceptions=True,
         )
-        facts = base_facts(mr, project_path=project if isinstance(project, str) else None)
-        scoped = [p for p in policy_set.policies if applies(p, facts)]
-        needs = needs_of(scoped)
-        groups = GroupDirectory(gitlab)
-        facts = merge_facts(
-            facts, await read_optional(gitlab, groups, facts.project_id, iid, needs)
+        if isinstance(mr_read, GitLabError):
+            raise ExplainError(f"cannot read merge request {reference}: {mr_read.advice()}")
+        if isinstance(mr_read, BaseException):
+            raise mr_read
+        listed: list[dict[str, Any]] | None = None
+        listed_problem = None
+        if isinstance(checks_read, GitLabError):
+            listed_problem = checks_read.advice()
+        elif isinstance(checks_read, BaseException):
+            raise checks_read
+        else:
+            listed = checks_read
+        facts = base_facts(mr_read, project_path=project if isinstance(project, str) else None)
+        facts = dataclasses.replace(facts, now=dt.datetime.now(dt.UTC))
+        needs = needs_of([p for p in policies if applies(p, facts)])
+        try:
+            optional = await read_optional(
+                gitlab, GroupDirectory(gitlab), facts.project_id, facts.iid, needs
+            )
+        except GitLabError as exc:
+            raise ExplainError(
+                f"cannot read the facts of {reference} ({', '.join(needs.describe())}): "
+                f"{exc.advice()}"
+            ) from None
+        return Reading(
+            facts=merge_facts(facts, optional),
+            fetched=needs.describe(),
+            listed=listed,
+            listed_problem=listed_problem,
+            version=str(gitlab.version),
+            requests=requests,
         )
-    shown = {str(c.get("name")): str(c.get("status")) for c in listed}
-    print(f"{facts.project_path}!{facts.iid} at {facts.sha[:12]} — {facts.title!r}", file=out)
+
+
+def _yes_no(value: bool, yes: str, no: str) -> str:
+    return yes if value else no
+
+
+def describe_facts(reading: Reading) -> list[str]:
+    """The facts as short lines, one per kind, in the order they were fetched."""
+    facts = reading.facts
+    labels = ", ".join(facts.labels) if facts.labels else "none"
+    lines = [
+        f"MR: author {facts.author.username or '?'}; labels {labels}; "
+        f"{_yes_no(facts.draft, 'draft', 'not a draft')}; "
+        f"pipeline {facts.pipeline_status or 'none'}; "
+        f"{_yes_no(facts.has_conflicts, 'has conflicts', 'no conflicts')}; "
+        f"blocking threads {_yes_no(facts.blocking_discussions_resolved, 'resolved', 'open')}"
+    ]
+    if facts.changed_files is not None:
+        files = facts.changed_files
+        added = sum(f.additions for f in files)
+        removed = sum(f.deletions for f in files)
+        paths = [" → ".join(f.paths) if f.renamed_file else f.new_path for f in files]
+        cut = " (GitLab truncated the list)" if facts.changed_files_truncated else ""
+        shown = f": {listing(paths, 5)}" if paths else ""
+        lines.append(f"diffs: {plural(len(files), 'file')}, +{added} -{removed}{cut}{shown}")
+    if facts.approved_by is not None:
+        names = ", ".join(u.username for u in facts.approved_by) or "none"
+        lines.append(f"approvals: {names}")
+    if facts.commits is not None:
+        first = [f"{c.sha[:8]} {c.message.partition(chr(10))[0][:50]}" for c in facts.commits]
+        shown = f": {listing(first, 3)}" if first else ""
+        lines.append(f"commits: {len(facts.commits)}{shown}")
+    if facts.unresolved_threads is not None:
+        lines.append(f"discussions: {plural(facts.unresolved_threads, 'unresolved thread')}")
+    for group, members in sorted(facts.group_members.items()):
+        names = listing(sorted(members), 8) if members else "nobody"
+        lines.append(f"members of {group}: {names}")
+    if reading.listed is not None:
+        shown = [f"{c.get('name')} {c.get('status')}" for c in reading.listed]
+        lines.append(f"status checks: {', '.join(shown) or 'none listed for this MR'}")
+    else:
+        lines.append(f"status checks: not readable: {reading.listed_problem}")
+    return lines
+
+
+def summary(verdicts: list[Verdict]) -> str:
+    failed = [v for v in verdicts if v.status == "failed"]
+    passed = len(verdicts) - len(failed)
+    outside = sum(1 for v in verdicts if not v.applicable)
+    tail = f" ({outside} not applicable)" if outside else ""
+    text = f"{plural(len(verdicts), 'policy', 'policies')}: {passed} passed{tail}"
+    text += f", {len(failed)} failed"
+    if failed:
+        text += f" ({', '.join(v.check for v in failed)})"
+    return text
+
+
+async def _explain(
+    settings: Settings, project: int | str, iid: int, out: TextIO, color: bool
+) -> int:
+    policy_set = PolicyStore(settings.policy_dir).load()
+    reading = await read_mr(settings, project, iid, list(policy_set.policies))
+    facts = reading.facts
+
+    def bold(text: str) -> str:
+        return f"{_BOLD}{text}{_RESET}" if color else text
+
+    def dim(text: str) -> str:
+        return f"{_DIM}{text}{_RESET}" if color else text
+
+    writes = [method for method, _ in reading.requests if method not in ("GET", "HEAD")]
+    print(bold(f"{facts.project_path}!{facts.iid}: {facts.title}"), file=out)
     print(
-        f"  state {facts.state}, {facts.source_branch} → {facts.target_branch}, "
-        f"GitLab {gitlab.version}",
+        f"  {facts.state}, {facts.source_branch} → {facts.target_branch}, "
+        f"head {facts.sha[:12]}, GitLab {reading.version}",
         file=out,
     )
+    if facts.web_url:
+        print(dim(f"  {facts.web_url}"), file=out)
+    fetched = ", ".join(["MR", "status checks", *reading.fetched])
+    requests = plural(len(reading.requests), "request")
     print(
-        f"  facts fetched: MR, status checks{''.join(', ' + n for n in needs.describe())}", file=out
+        f"\n{bold('facts fetched')}: {fetched} "
+        f"({requests}, {'all reads' if not writes else str(len(writes)) + ' writes'})",
+        file=out,
     )
+    for line in describe_facts(reading):
+        print(f"  {line}", file=out)
+    shown = {str(c.get("name")): str(c.get("status")) for c in reading.listed or []}
+    verdicts = []
     for policy in policy_set.policies:
         verdict = evaluate(policy, facts)
-        status = shown.get(policy.check)
-        where = f"GitLab shows {status}" if status else "not a status check of this MR"
-        print(f"\n{policy.check} ({policy.path}) — {where}", file=out)
+        verdicts.append(verdict)
+        if reading.listed is None:
+            where = "status checks not readable"
+        elif policy.check in shown:
+            where = f"GitLab shows {shown[policy.check]}"
+        else:
+            where = "not a status check of this MR"
+        print(f"\n{bold(policy.check)} {dim(f'({policy.path}) — {where}')}", file=out)
         print(render_verdict(verdict, color=color), file=out)
+    print(f"\n{summary(verdicts)}", file=out)
     unmatched = sorted(set(shown) - set(policy_set.by_check))
     if unmatched:
-        print(f"\nstatus checks with no policy here: {', '.join(unmatched)}", file=out)
+        print(f"status checks with no policy here: {', '.join(unmatched)}", file=out)
     return 0
 
 
 def explain(settings: Settings, reference: str, *, color: bool, out: TextIO = sys.stdout) -> int:
+    """Run explain; errors are one `error: ...` line on stderr and exit status 1 (2: usage)."""
     try:
         project, iid = parse_reference(reference)
-        return asyncio.run(_explain(settings, project, iid, out, color))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return asyncio.run(_explain(settings, project, iid, out, color))
     except PolicyLoadError as exc:
         for problem in exc.problems:
             print(f"error: invalid policy: {problem}", file=sys.stderr)
+        return 1
+    except (ExplainError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except GitLabError as exc:
         print(f"error: {exc.advice()} ({exc.path})", file=sys.stderr)

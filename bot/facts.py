@@ -116,6 +116,8 @@ class MergeRequestFacts:
     web_url: str = ""
     # Optional facts: None means "not fetched" (no applicable policy asked for them).
     changed_files: tuple[ChangedFile, ...] | None = None
+    # GitLab cut the list of changed files short (`overflow` of /changes): counts are lower bounds.
+    changed_files_truncated: bool = False
     approved_by: tuple[User, ...] | None = None
     commits: tuple[Commit, ...] | None = None
     unresolved_threads: int | None = None

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bot.facts import ChangedFile, Commit, FactNeeds, MergeRequestFacts, User
-from bot.gitlab import GitLab
+from bot.gitlab import GitLab, GitLabError, project_ref
 from bot.logs import get_logger
 
 log = get_logger(__name__)
@@ -121,6 +121,29 @@ class GroupDirectory:
         return members
 
 
+async def _untruncated(
+    gitlab: GitLab, project_id: int, iid: int, entries: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], bool]:
+    """/changes cut the list (`overflow`, past the instance's diff_max_files): ask again with
+    `access_raw_diffs=true`, which reads the diffs from Gitaly without those limits.
+
+    When that fails too, the first list stands and is marked truncated, so size predicates treat
+    their counts as lower bounds instead of passing on a partial diff.
+    """
+    path = f"/projects/{project_ref(project_id)}/merge_requests/{iid}/changes"
+    try:
+        answer = await gitlab.get(path, {"access_raw_diffs": "true"})
+    except GitLabError as exc:
+        log.warning("diff_truncated", project_id=project_id, iid=iid, error=exc.advice())
+        return entries, True
+    changes = list((answer or {}).get("changes") or [])
+    if (answer or {}).get("overflow") or len(changes) < len(entries):
+        log.warning("diff_truncated", project_id=project_id, iid=iid, files=len(entries))
+        return entries, True
+    log.info("diff_overflow_recovered", project_id=project_id, iid=iid, files=len(changes))
+    return changes, False
+
+
 async def read_optional(
     gitlab: GitLab, groups: GroupDirectory, project_id: int, iid: int, needs: FactNeeds
 ) -> dict[str, Any]:
@@ -144,8 +167,9 @@ async def read_optional(
     if "changed_files" in results:
         entries, truncated = results["changed_files"]
         if truncated:
-            log.warning("diff_truncated", project_id=project_id, iid=iid, files=len(entries))
+            entries, truncated = await _untruncated(gitlab, project_id, iid, entries)
         fields["changed_files"] = tuple(changed_file(e) for e in entries)
+        fields["changed_files_truncated"] = truncated
     if "approved_by" in results:
         fields["approved_by"] = tuple(_user(u) for u in results["approved_by"])
     if "commits" in results:

@@ -1,21 +1,31 @@
-"""POST /webhook: verify, parse, classify, enqueue, answer (DESIGN 4.3) — no GitLab call here.
+"""POST /webhook: verify, read, parse, classify, de-duplicate, enqueue, answer (DESIGN 4.3).
 
 Every GitLab delivery lands on one URL: project, group and system webhooks (`X-Gitlab-Event`,
 `X-Gitlab-Token`) and external status-check requests (no event header, `external_approval_rule` in
 the body, maybe no Content-Type, maybe `X-Gitlab-Signature`). Each concern has its own gidgetlab
 router; a callback only turns the payload into MR keys. Answers: 202 queued, 200 valid but
-ignored, 400 malformed, 401 bad token or signature, 413 too large (aiohttp's client_max_size).
+ignored (or a duplicate), 400 malformed, 401 bad token or signature, 405 not a POST, 413 too
+large, 503 shutting down. No GitLab call is made here.
+
+The sender is not trusted: every field a router reads is type-checked and a wrong one is a 400
+that names it; nothing from the payload is rendered recursively (a deeply nested value must not
+raise RecursionError), and strings used only as hints are dropped when absurdly long. Whatever
+still goes wrong while interpreting a body is answered 400 and logged as `delivery_unreadable`,
+never as a 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import cachetools
 from aiohttp import web
 from gidgetlab import routing, sansio
 
@@ -28,6 +38,15 @@ log = get_logger(__name__)
 STATUS_CHECK_EVENT = "External Status Check"
 CLOSING_ACTIONS = frozenset({"close", "merge"})
 RECHECK_COMMAND = "/recheck"
+
+MAX_ID = 2**63 - 1  # GitLab's ids are PostgreSQL bigints at most
+MAX_HINT_CHARS = 1024  # longer branch names, paths or SHAs are not GitLab's: the hint is dropped
+MAX_REF_CHARS = 1024  # a pipeline's ref becomes a key (an API query), so a longer one is a 400
+LOGGED_HEADER_CHARS = 100
+LOGGED_BODY_BYTES = 120
+BODY_TIMEOUT = 30.0  # GitLab sends the whole body at once; a stalled one is a broken sender
+DEDUPE_MAX_KEYS = 10_000
+DEDUPE_TTL = 3600.0
 
 
 class PayloadError(Exception):
@@ -43,57 +62,147 @@ class Delivery:
     ignored: str | None = None
 
 
+class DeliveryMemory:
+    """Delivery ids already accepted, so a delivery GitLab sends again is not queued again.
+
+    Bounded whatever arrives: at most `max_keys` ids (the least recently added go first), each
+    forgotten after `ttl` seconds, and stored as 16-byte digests so a long hostile header costs no
+    more than a UUID.
+    """
+
+    def __init__(
+        self,
+        max_keys: int = DEDUPE_MAX_KEYS,
+        ttl: float = DEDUPE_TTL,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._seen: cachetools.TTLCache[bytes, bool] = cachetools.TTLCache(
+            maxsize=max_keys, ttl=ttl, timer=timer
+        )
+
+    @staticmethod
+    def _digest(delivery_id: str) -> bytes:
+        return hashlib.blake2b(
+            delivery_id.encode("utf-8", "surrogateescape"), digest_size=16
+        ).digest()
+
+    def __contains__(self, delivery_id: object) -> bool:
+        return isinstance(delivery_id, str) and self._digest(delivery_id) in self._seen
+
+    def __len__(self) -> int:
+        self._seen.expire()
+        return len(self._seen)
+
+    def remember(self, delivery_id: str) -> None:
+        self._seen[self._digest(delivery_id)] = True
+
+
+def delivery_id(headers: Mapping[str, str]) -> str | None:
+    """The id that stays the same when GitLab sends a webhook again, if the delivery has one.
+
+    `Idempotency-Key` (GitLab 17.4+) is kept across retries and resends; `X-Gitlab-Webhook-UUID`
+    (16.2+) is new on every attempt, so on older GitLabs it only catches a replay of the very same
+    request (e.g. by a proxy). `X-Gitlab-Event-UUID` is shared by every hook, and every MR, that
+    one GitLab request or job triggers, so it is not a delivery id and is never used here.
+    """
+    key = headers.get("Idempotency-Key")
+    if key:
+        return f"idempotency-key:{key}"
+    uuid = headers.get("X-Gitlab-Webhook-UUID")
+    if uuid:
+        return f"webhook-uuid:{uuid}"
+    return None
+
+
 # -- payload access ---------------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    """A short rendering of a payload value for an error message; never recursive."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        digits = len(str(abs(value)))
+        return str(value) if digits <= 24 else f"a {digits}-digit number"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        shown = json.dumps(value[:40]) + ("..." if len(value) > 40 else "")
+        return f"the string {shown}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
 
 
 def _mapping(data: Any, name: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
-        raise PayloadError(f"`{name}` must be an object")
+        raise PayloadError(f"`{name}` must be an object, got {_describe(data)}")
     return data
 
 
+def _optional_mapping(data: Mapping[str, Any], key: str, name: str) -> Mapping[str, Any] | None:
+    value = data.get(key)
+    return None if value is None else _mapping(value, name)
+
+
 def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise PayloadError(f"`{name}` must be a positive integer, got {json.dumps(value)[:40]}")
+    # bool is an int in Python, and `true` is no id.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise PayloadError(f"`{name}` must be a positive integer id, got {_describe(value)}")
     return value
 
 
-def _optional_str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _optional_str(data: Mapping[str, Any], key: str, name: str) -> str | None:
+    """A string the bot only uses as a hint: absent, null or "" is None; so is an absurdly long
+    one (a hint may be missing); any other type is a 400."""
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise PayloadError(f"`{name}` must be a string, got {_describe(value)}")
+    return value if len(value) <= MAX_HINT_CHARS else None
 
 
 def _project_id(data: Mapping[str, Any], attributes: Mapping[str, Any]) -> int:
     """The MR's (target) project: `target_project_id` when present, else the payload's project."""
-    if "target_project_id" in attributes:
+    if attributes.get("target_project_id") is not None:
         return _positive_int(attributes["target_project_id"], "object_attributes.target_project_id")
     project = _mapping(data.get("project"), "project")
     return _positive_int(project.get("id"), "project.id")
 
 
 def _project_path(data: Mapping[str, Any]) -> str | None:
-    project = data.get("project")
-    return (
-        _optional_str(project.get("path_with_namespace")) if isinstance(project, Mapping) else None
-    )
+    project = _optional_mapping(data, "project", "project")
+    if project is None:
+        return None
+    return _optional_str(project, "path_with_namespace", "project.path_with_namespace")
 
 
 def _merge_request_work(event: sansio.Event, delivery: Delivery) -> None:
     data = event.data
     attributes = _mapping(data.get("object_attributes"), "object_attributes")
-    action = attributes.get("action")
+    action = _optional_str(attributes, "action", "object_attributes.action")
     if action in CLOSING_ACTIONS:
         delivery.ignored = f"merge request {action}d: nothing to decide"
         return
     key = MRKey(
         _project_id(data, attributes), _positive_int(attributes.get("iid"), "object_attributes.iid")
     )
-    last_commit = attributes.get("last_commit")
+    last_commit = _optional_mapping(attributes, "last_commit", "object_attributes.last_commit")
     hint = Hint(
-        trigger=f"{delivery.kind}:{action}" if isinstance(action, str) else delivery.kind,
+        trigger=f"{delivery.kind}:{action}" if action else delivery.kind,
         project_path=_project_path(data),
-        target_branch=_optional_str(attributes.get("target_branch")),
-        source_branch=_optional_str(attributes.get("source_branch")),
-        sha=_optional_str(last_commit.get("id")) if isinstance(last_commit, Mapping) else None,
+        target_branch=_optional_str(attributes, "target_branch", "object_attributes.target_branch"),
+        source_branch=_optional_str(attributes, "source_branch", "object_attributes.source_branch"),
+        sha=(
+            _optional_str(last_commit, "id", "object_attributes.last_commit.id")
+            if last_commit is not None
+            else None
+        ),
     )
     delivery.work.append((key, hint))
 
@@ -115,10 +224,10 @@ system_hook_router = routing.Router()
 @system_hook_router.register("System Hook")
 async def system_hook(event: sansio.Event, delivery: Delivery) -> None:
     """Instance system hooks: only their merge request events matter."""
-    if event.data.get("object_kind") != "merge_request":
-        delivery.ignored = (
-            f"system hook event {str(event.data.get('object_kind'))[:40]!r} is not acted on"
-        )
+    object_kind = _optional_str(event.data, "object_kind", "object_kind")
+    if object_kind != "merge_request":
+        shown = json.dumps(object_kind[:40]) if object_kind else "without object_kind"
+        delivery.ignored = f"system hook event {shown} is not acted on"
         return
     _merge_request_work(event, delivery)
 
@@ -141,28 +250,40 @@ async def pipeline_hook(event: sansio.Event, delivery: Delivery) -> None:
     data = event.data
     attributes = _mapping(data.get("object_attributes"), "object_attributes")
     project_id = _positive_int(_mapping(data.get("project"), "project").get("id"), "project.id")
-    hint = Hint(trigger=f"pipeline:{attributes.get('status')}", project_path=_project_path(data))
-    merge_request = data.get("merge_request")
-    if isinstance(merge_request, Mapping) and merge_request.get("iid") is not None:
-        target = merge_request.get("target_project_id", project_id)
+    status = _optional_str(attributes, "status", "object_attributes.status")
+    hint = Hint(
+        trigger=f"pipeline:{status}" if status else "pipeline", project_path=_project_path(data)
+    )
+    merge_request = _optional_mapping(data, "merge_request", "merge_request")
+    if merge_request is not None and merge_request.get("iid") is not None:
+        target = merge_request.get("target_project_id")
         key = MRKey(
-            _positive_int(target, "merge_request.target_project_id"),
+            _positive_int(
+                project_id if target is None else target, "merge_request.target_project_id"
+            ),
             _positive_int(merge_request.get("iid"), "merge_request.iid"),
         )
         delivery.work.append((key, hint))
         return
+    tag = attributes.get("tag")
+    if tag is not None and not isinstance(tag, bool):
+        raise PayloadError(f"`object_attributes.tag` must be true or false, got {_describe(tag)}")
     ref = attributes.get("ref")
-    if attributes.get("tag") or not isinstance(ref, str) or not ref:
+    if ref is not None and not isinstance(ref, str):
+        raise PayloadError(f"`object_attributes.ref` must be a string, got {_describe(ref)}")
+    if tag or not ref:
         delivery.ignored = "pipeline is not for a branch or merge request"
         return
+    if len(ref) > MAX_REF_CHARS:
+        raise PayloadError(f"`object_attributes.ref` is longer than {MAX_REF_CHARS} characters")
     delivery.work.append((BranchKey(project_id, ref), hint))
 
 
 note_router = routing.Router()
 
 
-def _is_recheck(note: Any) -> bool:
-    if not isinstance(note, str):
+def _is_recheck(note: str | None) -> bool:
+    if note is None:
         return False
     first_line = note.strip().split("\n", 1)[0].strip()
     return first_line == RECHECK_COMMAND or first_line.startswith(RECHECK_COMMAND + " ")
@@ -173,10 +294,14 @@ async def note_hook(event: sansio.Event, delivery: Delivery) -> None:
     """`/recheck` re-evaluates, e.g. to re-run a passed check (Retry only re-runs failed ones)."""
     data = event.data
     attributes = _mapping(data.get("object_attributes"), "object_attributes")
-    if attributes.get("noteable_type") != "MergeRequest":
+    noteable_type = _optional_str(attributes, "noteable_type", "object_attributes.noteable_type")
+    if noteable_type != "MergeRequest":
         delivery.ignored = "note is not on a merge request"
         return
-    if not _is_recheck(attributes.get("note")):
+    note = attributes.get("note")
+    if note is not None and not isinstance(note, str):
+        raise PayloadError(f"`object_attributes.note` must be a string, got {_describe(note)}")
+    if not _is_recheck(note):
         delivery.ignored = "note is not a /recheck command"
         return
     merge_request = _mapping(data.get("merge_request"), "merge_request")
@@ -211,11 +336,32 @@ def _parse_json(body: bytes) -> Any:
     except RecursionError:
         raise PayloadError("JSON is nested too deeply") from None
     except ValueError as exc:
-        raise PayloadError(f"malformed JSON: {exc}") from None
+        if "integer string conversion" in str(exc):
+            raise PayloadError("malformed JSON: a number has too many digits") from None
+        raise PayloadError(f"malformed JSON: {str(exc)[:200]}") from None
+
+
+async def _interpret(body: bytes, kind: str, *, status_check: bool) -> Delivery:
+    """Parse and classify; PayloadError says what is wrong with the delivery."""
+    data = _parse_json(body)
+    if not isinstance(data, dict):
+        raise PayloadError(f"expected a JSON object, got {_describe(data)}")
+    if status_check:
+        if "external_approval_rule" not in data:
+            raise PayloadError(
+                "not a GitLab delivery: no X-Gitlab-Event header and no external_approval_rule"
+            )
+        _mapping(data["external_approval_rule"], "external_approval_rule")
+    delivery = Delivery(kind=kind)
+    await router.dispatch(sansio.Event(data, event=kind), delivery)
+    return delivery
 
 
 def _same_secret(given: str | None, expected: str) -> bool:
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+    # Header values are decoded with surrogateescape: encode them back the same way.
+    return given is not None and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode()
+    )
 
 
 def _valid_signature(signature: str | None, secret: str, body: bytes) -> bool:
@@ -223,7 +369,84 @@ def _valid_signature(signature: str | None, secret: str, body: bytes) -> bool:
     if signature is None:
         return False
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(signature.strip().lower().encode(), expected.encode())
+    given = signature.strip().lower().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, expected.encode())
+
+
+def _logged_ids(headers: Mapping[str, str]) -> dict[str, str]:
+    """The delivery's ids for log lines (truncated: they are whatever the sender put there)."""
+    ids = {
+        "event_uuid": headers.get("X-Gitlab-Event-UUID"),
+        "webhook_uuid": headers.get("X-Gitlab-Webhook-UUID"),
+        "idempotency_key": headers.get("Idempotency-Key"),
+    }
+    return {k: v[:LOGGED_HEADER_CHARS] for k, v in ids.items() if v}
+
+
+def _body_excerpt(body: bytes) -> str:
+    excerpt = body[:LOGGED_BODY_BYTES].decode("utf-8", "backslashreplace")
+    return excerpt + ("..." if len(body) > LOGGED_BODY_BYTES else "")
+
+
+async def webhook_method_not_allowed(request: web.Request) -> web.Response:
+    """Anything but POST on /webhook: a JSON 405 rather than aiohttp's text one."""
+    method = request.method[:LOGGED_HEADER_CHARS]
+    log.info(
+        "delivery_rejected",
+        status=405,
+        method=method,
+        remote=request.remote,
+        **_logged_ids(request.headers),
+    )
+    return web.json_response(
+        {"error": f"method {method} is not allowed: GitLab delivers with POST"},
+        status=405,
+        headers={"Allow": "POST"},
+    )
+
+
+class _Refused(Exception):
+    """Answer this delivery with an error (status, metrics outcome, message, extra log fields)."""
+
+    def __init__(self, status: int, outcome: str, message: str, **log_fields: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome
+        self.message = message
+        self.log_fields = log_fields
+
+
+def _too_large(limit: int | None) -> _Refused:
+    message = "body too large" if limit is None else f"body larger than {limit} bytes"
+    return _Refused(413, "too_large", f"{message} (MAX_BODY_BYTES)")
+
+
+async def _read_body(request: web.Request, max_bytes: int | None) -> bytes:
+    """The raw body, refusing a declared size over the limit before reading a byte."""
+    size = request.content_length
+    if max_bytes is not None and size is not None and size > max_bytes:
+        raise _too_large(max_bytes)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:  # chunked or compressed: aiohttp counted it
+        raise _too_large(max_bytes) from None
+    except (web.RequestPayloadError, OSError) as exc:  # e.g. broken gzip
+        detail = getattr(exc.__cause__, "message", None) or " ".join(str(exc).split())
+        raise _Refused(400, "malformed", f"body could not be read: {detail[:200]}") from None
+
+
+def _check_token(headers: Mapping[str, str], secret: str) -> None:
+    token = headers.get("X-Gitlab-Token")
+    if not _same_secret(token, secret):
+        reason = "missing" if token is None else "wrong"
+        raise _Refused(401, "unauthorized", f"{reason} X-Gitlab-Token")
+
+
+def _check_signature(headers: Mapping[str, str], secret: str, body: bytes) -> None:
+    signature = headers.get("X-Gitlab-Signature")
+    if not _valid_signature(signature, secret, body):
+        reason = "missing" if signature is None else "invalid"
+        raise _Refused(401, "unauthorized", f"{reason} X-Gitlab-Signature")
 
 
 def make_webhook_handler(
@@ -232,72 +455,80 @@ def make_webhook_handler(
     status_check_secret: str | None,
     submit: Callable[[MRKey | BranchKey, Hint], bool],
     on_delivery: Callable[[str, str], None] | None = None,
+    max_body_bytes: int | None = None,
+    body_timeout: float = BODY_TIMEOUT,
+    deliveries: DeliveryMemory | None = None,
 ) -> Callable[[web.Request], Any]:
-    """Build the POST /webhook handler around the secrets and the queue's submit."""
+    """Build the POST /webhook handler around the secrets and the queue's submit.
+
+    `max_body_bytes` should be the app's client_max_size: a declared Content-Length above it is
+    refused before reading (aiohttp itself stops a chunked or compressed body at that size).
+    `deliveries` remembers accepted webhook ids (a fresh bounded memory by default).
+    """
+    seen = deliveries if deliveries is not None else DeliveryMemory()
 
     def counted(kind: str, outcome: str, response: web.Response) -> web.Response:
         if on_delivery is not None:
             on_delivery(kind, outcome)
         return response
 
+    async def verified_delivery(
+        request: web.Request, kind: str, status_check: bool, context: dict[str, Any]
+    ) -> Delivery:
+        """Authenticate, read and interpret, or raise _Refused."""
+        # A webhook's token is checked before its body is read; a status check signs its body.
+        if not status_check and webhook_secret is not None:
+            _check_token(request.headers, webhook_secret)
+        try:
+            async with asyncio.timeout(body_timeout):
+                body = await _read_body(request, max_body_bytes)
+        except TimeoutError:
+            raise _Refused(400, "malformed", f"body not received in {body_timeout:g} s") from None
+        if status_check and status_check_secret is not None:
+            _check_signature(request.headers, status_check_secret, body)
+        excerpt = {"body_bytes": len(body), "body_excerpt": _body_excerpt(body)}
+        try:
+            return await _interpret(body, kind, status_check=status_check)
+        except PayloadError as exc:
+            raise _Refused(400, "malformed", str(exc), **excerpt) from None
+        except Exception:
+            # A shape no check foresaw: still the sender's payload, so a 400 (and a bug to fix).
+            log.exception("delivery_unreadable", **context, **excerpt)
+            message = "the delivery could not be interpreted as a GitLab payload"
+            raise _Refused(400, "malformed", message, **excerpt) from None
+
     async def webhook(request: web.Request) -> web.Response:
         headers = request.headers
-        ids = {
-            "event_uuid": headers.get("X-Gitlab-Event-UUID"),
-            "webhook_uuid": headers.get("X-Gitlab-Webhook-UUID"),
-            "idempotency_key": headers.get("Idempotency-Key"),
-        }
-        ids = {k: v for k, v in ids.items() if v}
-        body = await request.read()
         event_name = headers.get("X-Gitlab-Event")
-        if event_name:
-            kind = event_name
-            if webhook_secret is not None and not _same_secret(
-                headers.get("X-Gitlab-Token"), webhook_secret
-            ):
-                reason = "missing" if "X-Gitlab-Token" not in headers else "wrong"
-                return counted(
-                    kind,
-                    "unauthorized",
-                    _reject(401, f"{reason} X-Gitlab-Token", gitlab_event=kind, **ids),
-                )
-        else:
-            kind = STATUS_CHECK_EVENT
-            if status_check_secret is not None and not _valid_signature(
-                headers.get("X-Gitlab-Signature"), status_check_secret, body
-            ):
-                reason = "missing" if "X-Gitlab-Signature" not in headers else "invalid"
-                return counted(
-                    kind,
-                    "unauthorized",
-                    _reject(401, f"{reason} X-Gitlab-Signature", gitlab_event=kind, **ids),
-                )
+        kind = event_name or STATUS_CHECK_EVENT
+        context: dict[str, Any] = {
+            "gitlab_event": kind[:LOGGED_HEADER_CHARS],
+            "remote": request.remote,
+            **_logged_ids(headers),
+        }
         try:
-            data = _parse_json(body)
-            if not isinstance(data, dict):
-                raise PayloadError("expected a JSON object")
-            if not event_name and "external_approval_rule" not in data:
-                raise PayloadError(
-                    "not a GitLab delivery: no X-Gitlab-Event header and no external_approval_rule"
-                )
-            delivery = Delivery(kind=kind)
-            await router.dispatch(sansio.Event(data, event=kind), delivery)
-        except PayloadError as exc:
-            return counted(kind, "malformed", _reject(400, str(exc), gitlab_event=kind, **ids))
+            delivery = await verified_delivery(request, kind, not event_name, context)
+        except _Refused as refused:
+            response = _reject(refused.status, refused.message, **context, **refused.log_fields)
+            return counted(kind, refused.outcome, response)
         if not delivery.work:
             reason = delivery.ignored or f"event {kind[:60]!r} is not one the bot acts on"
-            log.info("delivery_ignored", gitlab_event=kind, reason=reason, **ids)
+            log.info("delivery_ignored", reason=reason, **context)
             return counted(
                 kind, "ignored", web.json_response({"status": "ignored", "reason": reason})
             )
+        # Status-check requests carry no delivery id: GitLab's Retry must always re-evaluate.
+        dedupe_id = delivery_id(headers) if event_name else None
+        if dedupe_id is not None and dedupe_id in seen:
+            log.info("delivery_duplicate", **context)
+            return counted(kind, "duplicate", web.json_response({"status": "duplicate"}))
         queued = [str(key) for key, hint in delivery.work if submit(key, hint)]
         if not queued:
-            return counted(
-                kind,
-                "unavailable",
-                _reject(503, "shutting down: deliver again later", gitlab_event=kind, **ids),
-            )
-        log.info("delivery_queued", gitlab_event=kind, keys=queued, **ids)
+            response = _reject(503, "shutting down: deliver again later", **context)
+            return counted(kind, "unavailable", response)
+        if dedupe_id is not None:
+            seen.remember(dedupe_id)  # only once accepted: a 400 or 401 must not block a retry
+        log.info("delivery_queued", keys=queued, **context)
         return counted(
             kind, "queued", web.json_response({"status": "queued", "queued": queued}, status=202)
         )

@@ -393,6 +393,7 @@ class FakeGitLab:
         self.version = version
         self.token = token
         self.licensed = licensed  # False: Ultimate-only endpoints (status checks) answer 401
+        self.unlicensed_projects: set[int] = set()  # these projects behave as licensed=False
         self.user: JSON = {"id": 99, "username": "status-bot", "name": "Status Bot"}
         self.can_approve = True  # False: the token's user may not approve MRs → status POST 403
         # Faults and limits
@@ -1202,9 +1203,34 @@ class FakeGitLab:
     def _control(self, request: web.Request, raw_path: str) -> web.Response:
         """Unauthenticated, unrecorded endpoints for a benchmark harness in another process:
         GET /_fake/stats, POST /_fake/reset_calls, GET /_fake/statuses/:project/:iid,
-        POST /_fake/push/:project/:iid?sha=..."""
+        POST /_fake/push/:project/:iid?sha=..., GET /_fake/calls?since=N (the calls from index
+        N on, with their time.monotonic() arrival and answer times: CLOCK_MONOTONIC is
+        system-wide on Linux, so another process can compare them with its own clock),
+        POST /_fake/latency?seconds=X (change the latency added per request)."""
         parts = raw_path.strip("/").split("/")[1:]
         try:
+            if parts == ["calls"] and request.method == "GET":
+                since = max(0, int(request.query.get("since", "0")))
+                calls = self.calls[since:]
+                return web.json_response(
+                    {
+                        "next": since + len(calls),
+                        "calls": [
+                            {
+                                "method": c.method,
+                                "path": urllib.parse.unquote(c.path),
+                                "route": c.route,
+                                "status": c.status,
+                                "started": c.started,
+                                "finished": c.finished,
+                            }
+                            for c in calls
+                        ],
+                    }
+                )
+            if parts == ["latency"] and request.method == "POST":
+                self.latency = max(0.0, float(request.query["seconds"]))
+                return web.json_response({"latency": self.latency})
             if parts == ["stats"] and request.method == "GET":
                 by_route: dict[str, int] = {}
                 for call in self.calls:
@@ -1306,7 +1332,8 @@ class FakeGitLab:
             "parent_id": self._render_group(group)["parent_id"] if group else None,
             "web_url": f"{self.url}/groups/{namespace_path}",
         }
-        if not self.at_least(15, 5):
+        if not self.at_least(15, 5) or not self._has_ultimate(project):
+            # EE exposes it only where external status checks are licensed
             data.pop("only_allow_merge_if_all_status_checks_passed", None)
         return data
 
@@ -1641,6 +1668,7 @@ class FakeGitLab:
         Grape's declared_params drops them (so before 15.5 the status-check setting is a no-op);
         with no known parameter at all: 400 "at least one parameter must be provided"."""
         project = self._project(ctx)
+        self._require_maintainer(project)
         checked = Params(ctx.params)
         flags = [
             "only_allow_merge_if_pipeline_succeeds",
@@ -1831,9 +1859,25 @@ class FakeGitLab:
         """Status checks are Ultimate: once the project is found (404 first), an unlicensed one
         answers 401 on every status check endpoint."""
         project = self._project(ctx)
-        if not self.licensed:
+        if not self._has_ultimate(project):
             raise ApiError(401, {"message": "401 Unauthorized"})
         return project
+
+    def _has_ultimate(self, project: Project) -> bool:
+        return self.licensed and project.data["id"] not in self.unlicensed_projects
+
+    @staticmethod
+    def _require_maintainer(project: Project, *, status_check: bool = False) -> None:
+        """Admin endpoints need Maintainer (40): the token user's level is the project's
+        `permissions.project_access.access_level` (give `permissions=` to add_project to lower
+        it). Hooks and project settings answer 403; GitLab's status check services answer
+        401 ``{"message": ["Not allowed"]}`` instead (ExternalStatusChecks::*Service)."""
+        access = (project.data.get("permissions") or {}).get("project_access") or {}
+        if int(access.get("access_level") or 0) >= 40:
+            return
+        if status_check:
+            raise ApiError(401, {"message": ["Not allowed"]})
+        raise ApiError(403, {"message": "403 Forbidden"})
 
     def _list_mr_status_checks(self, ctx: Ctx) -> web.Response:
         """GET .../status_checks: `[{id, name, external_url, status}]` for the checks applying
@@ -1964,6 +2008,7 @@ class FakeGitLab:
     def _post_check(self, ctx: Ctx) -> web.Response:
         """POST /projects/:id/external_status_checks: 201 with the check."""
         project = self._licensed_project(ctx)
+        self._require_maintainer(project, status_check=True)
         updates = self._check_params(ctx, project, creating=True)
         check = {
             "id": self._next_id(),
@@ -1978,6 +2023,7 @@ class FakeGitLab:
     def _put_check(self, ctx: Ctx) -> web.Response:
         """PUT /projects/:id/external_status_checks/:check_id: 200 with the check."""
         project = self._licensed_project(ctx)
+        self._require_maintainer(project, status_check=True)
         check_id = ctx.args["check_id"]
         check = project.checks.get(int(check_id)) if check_id.isdigit() else None
         if check is None:
@@ -1988,6 +2034,7 @@ class FakeGitLab:
     def _delete_check(self, ctx: Ctx) -> web.Response:
         """DELETE /projects/:id/external_status_checks/:check_id: 204."""
         project = self._licensed_project(ctx)
+        self._require_maintainer(project, status_check=True)
         check_id = ctx.args["check_id"]
         if not check_id.isdigit() or int(check_id) not in project.checks:
             raise record_not_found()
@@ -2004,6 +2051,7 @@ class FakeGitLab:
 
     def _find_hook(self, ctx: Ctx) -> tuple[Project, JSON]:
         project = self._project(ctx)
+        self._require_maintainer(project)
         hook_id = ctx.args["hook_id"]
         hook = project.hooks.get(int(hook_id)) if hook_id.isdigit() else None
         if hook is None:
@@ -2011,8 +2059,9 @@ class FakeGitLab:
         return project, hook
 
     def _list_hooks(self, ctx: Ctx) -> web.Response:
-        """GET /projects/:id/hooks: paginated; `token` is never returned."""
+        """GET /projects/:id/hooks: paginated; `token` is never returned. Maintainer only."""
         project = self._project(ctx)
+        self._require_maintainer(project)
         hooks = sorted(project.hooks.values(), key=lambda h: h["id"])
         return self._paginate(ctx, [self._render_hook(h) for h in hooks])
 
@@ -2024,6 +2073,7 @@ class FakeGitLab:
         """POST /projects/:id/hooks: `url` required; event flags (push_events defaults to true,
         the others to false), token, enable_ssl_verification; 201."""
         project = self._project(ctx)
+        self._require_maintainer(project)
         checked = Params(ctx.params)
         checked.text("url", required=True)
         checked.check()
@@ -2263,16 +2313,21 @@ def _fault_response(status: int, retry_after: int | None, body: Any) -> web.Resp
 # --------------------------------------------------------------------------------------------
 
 
-def seed(fake: FakeGitLab, mrs: int, checks: Sequence[str], bot_url: str) -> None:
+def seed(
+    fake: FakeGitLab, mrs: int, checks: Sequence[str], bot_url: str, status: str | None = None
+) -> None:
     """Project 1 "acme/app" with `mrs` open MRs (iids 1..N: a few files changed, a passing
     pipeline, one approval, two commits) and one status check per name; groups "acme" and
-    "acme/security" with members."""
+    "acme/security" with members. With `status`, every check of every MR already shows it for
+    the MR's head (e.g. "passed", so a sweep finds nothing to repair)."""
     fake.add_group(10, "acme", [{"id": 1, "username": "alice"}, {"id": 2, "username": "bob"}])
     fake.add_group(11, "acme/security", [{"id": 3, "username": "carol"}])
     fake.add_project(1, "acme/app", only_allow_merge_if_all_status_checks_passed=True)
+    check_ids = []
     for name in checks:
         separator = "&" if "?" in bot_url else "?"
-        fake.add_status_check(1, name, external_url=f"{bot_url}{separator}check={name}")
+        check = fake.add_status_check(1, name, external_url=f"{bot_url}{separator}check={name}")
+        check_ids.append(int(check["id"]))
     for iid in range(1, mrs + 1):
         sha = sha_for(f"seed/{iid}")
         fake.add_mr(
@@ -2294,6 +2349,9 @@ def seed(fake: FakeGitLab, mrs: int, checks: Sequence[str], bot_url: str) -> Non
             approved_by=[{"id": 3, "username": "carol"}],
             pipeline="success",
         )
+        if status is not None:
+            for check_id in check_ids:
+                fake.set_status(1, iid, check_id, sha, status)
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -2303,7 +2361,7 @@ async def _serve(args: argparse.Namespace) -> None:
         fake.fail_randomly(args.fail_rate, seed=args.seed)
     url = await fake.start(args.host, args.port)
     checks = [c for c in args.checks.split(",") if c]
-    seed(fake, args.seed_mrs, checks, args.bot_url)
+    seed(fake, args.seed_mrs, checks, args.bot_url, status=args.seed_status)
     print(url, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -2326,6 +2384,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bot-url", default="http://127.0.0.1:8080/webhook")
     parser.add_argument("--fail-rate", type=float, default=0.0, help="random 500/502/resets")
     parser.add_argument("--seed", type=int, default=0, help="seed for --fail-rate")
+    parser.add_argument(
+        "--seed-status", default=None, help="status every seeded MR's checks already show"
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))

@@ -97,7 +97,7 @@ require:
     assert verdict.status == "failed"
     assert verdict.reason == (
         "pipeline: waiting for pipeline (running); "
-        "changed_lines: 500 lines changed, more than the maximum 400; "
+        "changed_lines: 500 > max 400; "
         "labels: has none of hotfix"
     )
     assert verdict.outcome is not None
@@ -120,12 +120,12 @@ def test_render_verdict_tree() -> None:
     )
     text = render_verdict(evaluate(policy, big(pipeline="success")), color=False)
     assert text.splitlines() == [
-        "✗ demo: failed — changed_lines: 500 lines changed, more than the maximum 400; "
+        "✗ demo: failed — changed_lines: 500 > max 400; "
         "labels: has none of hotfix",
         "  ✓ pipeline: the pipeline is success",
         "  ✗ any: none of 2 rules holds",
         "      fix: reduce the change to at most 400 lines or add label hotfix",
-        "    ✗ changed_lines: 500 lines changed, more than the maximum 400",
+        "    ✗ changed_lines: 500 > max 400",
         "        fix: reduce the change to at most 400 lines",
         "    ✗ labels: has none of hotfix",
         "        fix: add label hotfix",

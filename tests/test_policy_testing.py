@@ -115,8 +115,8 @@ def test_case_lines_and_failure_format(tmp_path: Path) -> None:
         "PASS size-limit: big",
         "PASS size-limit: big, leaves named",
         "FAIL size-limit: wrong failing rules: expected failing rules [pipeline], got "
-        "[changed_lines, labels, pipeline] (changed_lines: 401 lines changed, more than the "
-        "maximum 400; labels: has none of hotfix; pipeline: waiting for pipeline (running)) "
+        "[changed_lines, labels, pipeline] (changed_lines: 401 > max 400; "
+        "labels: has none of hotfix; pipeline: waiting for pipeline (running)) "
         f"[{test_file}:20]",
         "PASS size-limit: reason substring",
         "4 passed, 2 failed",

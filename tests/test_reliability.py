@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from bot.app import EVALUATOR, SWEEPER
 from bot.gitlab import RateLimitPacer
 from tests import payloads
-from tests.conftest import Bot
+from tests.conftest import Bot, write_policies
 from tests.fakegitlab import FakeGitLab
 
 GOOD_TITLE = "feat: add login"
@@ -165,3 +167,34 @@ async def test_bot_slows_down_before_gitlab_answers_429(gitlab: FakeGitLab, bot:
     assert elapsed > 0.6
     remaining = bot.app[EVALUATOR].gitlab.api.pacer.remaining
     assert remaining is not None and remaining < 15
+
+
+async def test_a_freeze_verdict_wakes_itself_when_the_window_ends(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], policy_dir: Path
+) -> None:
+    write_policies(
+        policy_dir,
+        {
+            "freeze.yml": """
+                check: change-freeze
+                require:
+                  - freeze:
+                      timezone: UTC
+                      windows:
+                        - {name: release, from: "2026-01-01 00:00", to: "2026-01-01 12:00"}
+            """
+        },
+    )
+    gitlab.add_project(1, "acme/app")
+    gitlab.add_status_check(1, "change-freeze")
+    gitlab.add_mr(1, 1, sha=sha_of(1), title=GOOD_TITLE)
+    bot: Bot = await start_bot()
+    # The bot's clock reads 2 s before the window ends, and runs on at real speed.
+    end = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    offset = end - dt.timedelta(seconds=2) - dt.datetime.now(dt.UTC)
+    bot.app[EVALUATOR].clock = lambda: dt.datetime.now(dt.UTC) + offset
+    await bot.deliver(payloads.merge_request_hook(iid=1, sha=sha_of(1)))
+    await converge(lambda: gitlab.check_status(1, 1, "change-freeze") == "failed")
+    # No event arrives; the verdict's wake_at brings the bot back when the window closes.
+    await converge(lambda: gitlab.check_status(1, 1, "change-freeze") == "passed", limit=8)
+    assert [c.json["status"] for c in gitlab.status_posts()] == ["failed", "passed"]

@@ -96,8 +96,9 @@ def render_verdict(verdict: Verdict, color: bool = False) -> str:
             walk(child, depth + 1, blamed and not outcome.passed)
 
     if verdict.outcome is not None:
+        # A root that holds (passed, or not applicable) has nothing to fix.
         for child in verdict.outcome.children:
-            walk(child, 1, True)
+            walk(child, 1, not verdict.outcome.passed)
     if verdict.wake_at is not None:
         lines.append(f"  {paint('re-evaluates at ' + verdict.wake_at.isoformat(), _DIM)}")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ and a folder load reports every file's problems before refusing the set.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from yaml.nodes import MappingNode
@@ -77,9 +78,12 @@ def compile_policy(path: str, data: bytes, default_check: str) -> tuple[Policy |
             ctx.known_keys({entry.key: entry}, TOP_KEYS, "the policy")
 
     check, line = default_check, 1
+    ctx.check = (check, line)
     if "check" in entries:
         line = entries["check"].line
-        check = ctx.string(entries["check"].node, "`check`") or default_check
+        named = ctx.string(entries["check"].node, "`check`")
+        check = named or default_check
+        ctx.check = (check, line) if named else None
     description = ""
     if "description" in entries:
         description = (
@@ -145,53 +149,78 @@ def _read(path: Path) -> tuple[bytes | None, list[PolicyProblem]]:
         return None, [PolicyProblem(str(path), 1, f"cannot read the file: {exc.strerror or exc}")]
 
 
-def _load_file(path: Path) -> tuple[Policy | None, bytes | None, list[PolicyProblem]]:
-    data, problems = _read(path)
-    if data is None:
-        return None, None, problems
-    policy, ctx = compile_policy(str(path), data, path.name.split(".")[0])
-    return policy, data, ctx.problems
+@dataclass(frozen=True)
+class Claim:
+    """A file deciding a check (known even when the rest of the file is broken)."""
+
+    check: str
+    path: str
+    line: int
 
 
-def check_duplicates(policies: list[Policy]) -> list[PolicyProblem]:
+@dataclass
+class Loaded:
+    """What loading some files gave: the policies that compiled, the problems, the claims."""
+
+    policies: list[Policy] = field(default_factory=list)
+    problems: list[PolicyProblem] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+    digest: str = ""
+
+    def add_file(self, path: Path) -> bytes | None:
+        data, problems = _read(path)
+        self.problems += problems
+        if data is None:
+            return None
+        policy, ctx = compile_policy(str(path), data, path.name.split(".")[0])
+        self.problems += ctx.problems
+        if policy is not None:
+            self.policies.append(policy)
+        if ctx.check is not None:
+            self.claims.append(Claim(ctx.check[0], str(path), ctx.check[1]))
+        return data
+
+
+def check_duplicates(claims: list[Claim]) -> list[PolicyProblem]:
     """Two files deciding the same status check: report the second, naming the first."""
     problems: list[PolicyProblem] = []
-    first: dict[str, Policy] = {}
-    for policy in policies:
-        earlier = first.setdefault(policy.check, policy)
-        if earlier is not policy:
+    first: dict[str, Claim] = {}
+    for claim in claims:
+        earlier = first.setdefault(claim.check, claim)
+        if earlier is not claim:
             problems.append(
                 PolicyProblem(
-                    policy.path,
-                    policy.line,
-                    f"duplicate check `{policy.check}`: already defined in "
+                    claim.path,
+                    claim.line,
+                    f"duplicate check `{claim.check}`: already defined in "
                     f"{earlier.path}:{earlier.line}",
                 )
             )
     return problems
 
 
-def load_folder(folder: Path) -> tuple[list[Policy], list[PolicyProblem], str]:
+def load_folder(folder: Path) -> Loaded:
     """Every policy of a folder that compiles, every problem but duplicates, and the digest."""
+    loaded = Loaded()
     if not folder.exists():
-        return [], [PolicyProblem(str(folder), 1, "no such file or folder")], ""
+        loaded.problems.append(PolicyProblem(str(folder), 1, "no such file or folder"))
+        return loaded
     files = [folder] if folder.is_file() else policy_files(folder)
     digest = hashlib.sha256()
-    policies: list[Policy] = []
-    problems: list[PolicyProblem] = []
     for path in files:
-        policy, data, file_problems = _load_file(path)
-        problems += file_problems
+        data = loaded.add_file(path)
         if data is not None:
             digest.update(path.name.encode() + b"\0" + data + b"\0")
-        if policy is not None:
-            policies.append(policy)
-    return policies, problems, digest.hexdigest()
+    loaded.digest = digest.hexdigest()
+    return loaded
 
 
 def load_policy_file(path: str | Path) -> Policy:
     """Load one policy file; raises PolicyLoadError with every problem."""
-    policy, _, problems = _load_file(Path(path))
+    loaded = Loaded()
+    loaded.add_file(Path(path))
+    policy = loaded.policies[0] if loaded.policies else None
+    problems = loaded.problems
     if problems or policy is None:
         raise PolicyLoadError(problems)
     return policy
@@ -207,14 +236,14 @@ def load_policy_text(text: str, path: str = "policy.yml") -> Policy:
 
 def load_policy_dir(path: str | Path) -> PolicySet:
     """Load `*.yml`/`*.yaml` of a folder (not `*.test.yaml`, not `tests/`); all or nothing."""
-    policies, problems, digest = load_folder(Path(path))
-    problems += check_duplicates(policies)
+    loaded = load_folder(Path(path))
+    problems = loaded.problems + check_duplicates(loaded.claims)
     if problems:
         raise PolicyLoadError(problems)
     return PolicySet(
-        policies=tuple(policies),
-        digest=digest,
-        by_check={policy.check: policy for policy in policies},
+        policies=tuple(loaded.policies),
+        digest=loaded.digest,
+        by_check={policy.check: policy for policy in loaded.policies},
     )
 
 
@@ -223,18 +252,13 @@ def validate_paths(paths: list[str]) -> list[PolicyProblem]:
     from bot.policy.testing import validate_test_file
 
     problems: list[PolicyProblem] = []
-    policies: list[Policy] = []
+    claims: list[Claim] = []
     for raw in paths:
         path = Path(raw)
         if path.is_file() and is_test_file(path):
             problems += validate_test_file(path)
             continue
-        if path.is_file():
-            policy, _, file_problems = _load_file(path)
-            problems += file_problems
-            policies += [policy] if policy else []
-            continue
-        found, folder_problems, _ = load_folder(path)
-        problems += folder_problems
-        policies += found
-    return problems + check_duplicates(policies)
+        loaded = load_folder(path)  # a folder, or one policy file
+        problems += loaded.problems
+        claims += loaded.claims
+    return problems + check_duplicates(claims)

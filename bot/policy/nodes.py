@@ -84,6 +84,9 @@ class Ctx:
 
     path: str
     problems: list[PolicyProblem] = field(default_factory=list)
+    # The check a policy file decides and the line saying so, once known (even if the rest of
+    # the file is broken), so duplicates across files are reported together with other problems.
+    check: tuple[str, int] | None = None
 
     def error(self, where: Node | int, message: str) -> None:
         line = where if isinstance(where, int) else line_of(where)

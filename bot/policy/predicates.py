@@ -26,6 +26,8 @@ from bot.policy.registry import Predicate, clip, expect_true, listing, plural, r
 
 # --- helpers shared by predicates -------------------------------------------------------------
 
+TRUNCATED = "GitLab truncated the list of changed files"
+
 
 def changed_files(rule: Predicate, facts: MergeRequestFacts) -> tuple[ChangedFile, ...]:
     if facts.changed_files is None:
@@ -377,6 +379,11 @@ class ChangedFiles(Predicate):
                 )
         if not total:
             detail = "the MR changes no files"
+        elif facts.changed_files_truncated:
+            detail = (
+                f"no path among the {plural(total, 'path')} GitLab listed matches {self.globs} "
+                f"({TRUNCATED})"
+            )
         else:
             detail = f"no changed path matches {self.globs} ({plural(total, 'path')} checked)"
         return self.outcome(False, detail, fix=f"change a file matching {self.globs}")
@@ -403,6 +410,13 @@ class OnlyChangedFiles(ChangedFiles):
                 True,
                 f"the MR changes no files, so none is outside {self.globs}",
                 negated_fix=f"change a file outside {self.globs}",
+            )
+        if not outside and facts.changed_files_truncated:
+            return self.outcome(
+                False,
+                f"the {plural(total, 'path')} GitLab listed match {self.globs}, but the rest "
+                f"cannot be checked ({TRUNCATED})",
+                fix="split the change so that GitLab lists every changed file",
             )
         if not outside:
             return self.outcome(
@@ -456,27 +470,42 @@ class _Bounds(Predicate):
 
     def evaluate(self, facts: MergeRequestFacts) -> Outcome:
         value = self.measure(changed_files(self, facts))
-        seen = f"{plural(value, self.unit)} changed"
+        shrink = (
+            f"reduce the change to at most {plural(self.max, self.unit)}"
+            if self.max is not None
+            else None
+        )
         if self.max is not None and value > self.max:
+            at_least = "at least " if facts.changed_files_truncated else ""
+            return self.outcome(False, f"{at_least}{value} > max {self.max}", fix=shrink)
+        if facts.changed_files_truncated and self.max is not None:
+            # GitLab listed only part of the diff: `value` is a lower bound, the max unprovable.
             return self.outcome(
                 False,
-                f"{seen}, more than the maximum {self.max}",
-                fix=f"reduce the change to at most {plural(self.max, self.unit)}",
+                f"at least {value}, so max {self.max} cannot be confirmed ({TRUNCATED})",
+                fix=shrink,
             )
         if self.min is not None and value < self.min:
+            at_least = " so far" if facts.changed_files_truncated else ""
             return self.outcome(
                 False,
-                f"{seen}, fewer than the minimum {self.min}",
+                f"{value}{at_least} < min {self.min}",
                 fix=f"grow the change to at least {plural(self.min, self.unit)}",
             )
-        limits = [f"min {self.min}"] if self.min is not None else []
-        limits += [f"max {self.max}"] if self.max is not None else []
+        if self.min is not None and self.max is not None:
+            held = f"{value} within min {self.min}, max {self.max}"
+        elif self.max is not None:
+            held = f"{value} <= max {self.max}"
+        else:
+            held = (
+                f"{'at least ' if facts.changed_files_truncated else ''}{value} >= min {self.min}"
+            )
         undo = (
             f"grow the change beyond {plural(self.max, self.unit)}"
             if self.max is not None
             else f"shrink the change below {plural(self.min or 0, self.unit)}"
         )
-        return self.outcome(True, f"{seen} ({', '.join(limits)})", negated_fix=undo)
+        return self.outcome(True, held, negated_fix=undo)
 
 
 @register

@@ -88,6 +88,7 @@ def make_facts(
     unresolved_threads: int | None = 0,
     blocking_discussions_resolved: bool | None = None,
     changed_files: Iterable[str | Mapping[str, Any] | ChangedFile] | None = (),
+    changed_files_truncated: bool = False,
     approved_by: Iterable[str] | None = (),
     commits: Iterable[str | Mapping[str, Any] | Commit] | None = (),
     group_members: Mapping[str, Iterable[str]] | None = None,
@@ -116,6 +117,7 @@ def make_facts(
         changed_files=None
         if changed_files is None
         else tuple(changed_file(spec) for spec in changed_files),
+        changed_files_truncated=changed_files_truncated,
         approved_by=None if approved_by is None else tuple(user(name) for name in approved_by),
         commits=None
         if commits is None
@@ -159,6 +161,7 @@ MR_KEYS = (
     "unresolved_threads",
     "blocking_discussions_resolved",
     "changed_files",
+    "changed_files_truncated",
     "approved_by",
     "commits",
     "group_members",
@@ -223,7 +226,12 @@ _BAD = object()
 def _mr_value(ctx: Ctx, key: str, node: Node) -> Any:
     what = f"`{key}`"
     value: Any
-    if key in ("draft", "has_conflicts", "blocking_discussions_resolved"):
+    if key in (
+        "draft",
+        "has_conflicts",
+        "blocking_discussions_resolved",
+        "changed_files_truncated",
+    ):
         value = ctx.boolean(node, what)
     elif key == "unresolved_threads":
         value = ctx.integer(node, what, minimum=0)
@@ -374,8 +382,8 @@ class _PolicyCache:
     def folder(self, folder: Path) -> tuple[list[Policy], list[PolicyProblem]]:
         key = folder.resolve()
         if key not in self.folders:
-            policies, problems, _ = load_folder(folder)
-            self.folders[key] = (policies, problems)
+            loaded = load_folder(folder)
+            self.folders[key] = (loaded.policies, loaded.problems)
         return self.folders[key]
 
     def file(self, path: Path) -> tuple[Policy | None, list[PolicyProblem]]:

@@ -1,0 +1,429 @@
+"""The decision record: every verdict the bot acted on, kept in SQLite under STATE_DIR.
+
+Why it exists: GitLab's status API carries no message, and logs roll away. The record answers
+"why is this check red, since when, on which commit, under which policy file" after a restart,
+for `python -m bot history` and the details page, and remembers which projects the sweep covers.
+
+How it stays off the event loop: every write goes onto a queue drained by one dedicated writer
+thread, which commits whatever has piled up in one transaction. `record()` only enqueues; reads
+run in a worker thread (`asyncio.to_thread`) on their own connection. WAL mode lets readers and
+the writer work at the same time, also across processes (`history` while `serve` runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.logs import get_logger
+
+if TYPE_CHECKING:
+    from bot.decide import Decision
+
+log = get_logger(__name__)
+
+DB_NAME = "state.sqlite3"
+# Actions whose decisions get a history row; `unchanged` only refreshes `latest`.
+RECORDED_ACTIONS = frozenset({"posted", "not_reportable", "stale"})
+SCHEMA_VERSION = 1
+MAX_PENDING = 50_000  # writes queued beyond this are dropped (with an error log), not buffered
+PRUNE_EVERY = 24 * 3600.0
+BATCH = 500
+
+_VERDICT_COLUMNS = (
+    "at",
+    "project_id",
+    "project_path",
+    "iid",
+    "sha",
+    "check_name",
+    "check_id",
+    "verdict",
+    "applicable",
+    "advisory",
+    "action",
+    "gitlab_status",
+    "trigger",
+    "policy_path",
+    "policy_digest",
+    "reason",
+    "outcome",
+    "wake_at",
+)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    {", ".join(_VERDICT_COLUMNS)}
+);
+CREATE INDEX IF NOT EXISTS decisions_mr ON decisions (project_id, iid, id);
+CREATE INDEX IF NOT EXISTS decisions_path ON decisions (project_path COLLATE NOCASE, iid, id);
+CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
+CREATE TABLE IF NOT EXISTS latest (
+    {", ".join(_VERDICT_COLUMNS)},
+    PRIMARY KEY (project_id, iid, check_name)
+);
+CREATE INDEX IF NOT EXISTS latest_at ON latest (at);
+CREATE TABLE IF NOT EXISTS projects (
+    project_id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    last_seen REAL NOT NULL
+);
+"""
+
+_INSERT_DECISION = (
+    f"INSERT INTO decisions ({', '.join(_VERDICT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _VERDICT_COLUMNS)})"
+)
+_UPSERT_LATEST = (
+    f"INSERT OR REPLACE INTO latest ({', '.join(_VERDICT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _VERDICT_COLUMNS)})"
+)
+_UPSERT_PROJECT = (
+    "INSERT INTO projects (project_id, path, last_seen) VALUES (?, ?, ?) "
+    "ON CONFLICT (project_id) DO UPDATE SET path = excluded.path, last_seen = excluded.last_seen"
+)
+
+
+class StateError(Exception):
+    """STATE_DIR or its database cannot be used; the message is the one line the operator sees."""
+
+
+def decision_values(decision: Decision) -> tuple[Any, ...]:
+    """One decision as a row (in `_VERDICT_COLUMNS` order); the outcome tree becomes JSON."""
+    verdict = decision.verdict
+    outcome = verdict.outcome.to_dict() if verdict.outcome is not None else None
+    return (
+        decision.at.timestamp(),
+        decision.key.project_id,
+        decision.project_path,
+        decision.key.iid,
+        decision.sha,
+        decision.check,
+        decision.check_id,
+        verdict.status,
+        int(verdict.applicable),
+        int(verdict.advisory),
+        decision.action,
+        decision.gitlab_status,
+        decision.trigger,
+        decision.policy.path,
+        decision.policy.digest,
+        verdict.reason,
+        json.dumps(outcome, ensure_ascii=False, separators=(",", ":")),
+        verdict.wake_at.isoformat() if verdict.wake_at else None,
+    )
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
+    """A stored row as the dict `history`/`latest` return (and the details page's JSON shows)."""
+    data = dict(row)
+    data["check"] = data.pop("check_name")
+    data["at"] = _iso(data["at"])
+    data["applicable"] = bool(data["applicable"])
+    data["advisory"] = bool(data["advisory"])
+    data["outcome"] = json.loads(data["outcome"]) if data["outcome"] else None
+    return data
+
+
+@dataclass
+class _Flush:
+    """A marker in the write queue: resolved once everything queued before it is committed."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+    def done(self) -> None:
+        self.loop.call_soon_threadsafe(self._set)
+
+    def _set(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+_Write = tuple[str, tuple[Any, ...]] | Callable[[sqlite3.Connection], None]
+_STOP = object()
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+        )
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def _describe(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+class DecisionRecord:
+    """The record of one STATE_DIR. Open it with `DecisionRecord.open(state_dir)`."""
+
+    def __init__(
+        self,
+        path: Path,
+        reader: sqlite3.Connection,
+        writer: sqlite3.Connection | None,
+        retention_days: float,
+    ) -> None:
+        self.path = path
+        self.retention_days = retention_days
+        self._reader = reader
+        self._read_lock = threading.Lock()
+        self._writer = writer
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._seen: dict[int, tuple[str, float]] = {}
+        self._thread: threading.Thread | None = None
+        if writer is not None:
+            self._thread = threading.Thread(
+                target=self._write_loop, name="decision-record-writer", daemon=True
+            )
+            self._thread.start()
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, state_dir: Path, *, retention_days: float = 90.0, readonly: bool = False
+    ) -> DecisionRecord:
+        """Open (creating when needed) the record; raise StateError with one line if unusable.
+
+        Synchronous on purpose: `serve` must refuse to start on a bad STATE_DIR before it accepts
+        traffic. It also prunes decisions older than `retention_days`. `readonly` (for the
+        `history` command) creates nothing and starts no writer.
+        """
+        state_dir = Path(state_dir)
+        path = state_dir / DB_NAME
+        if readonly:
+            if not path.is_file():
+                raise StateError(
+                    f"no decision record at {str(path)!r}: set STATE_DIR to the bot's state folder"
+                )
+            try:
+                reader = _connect(path, readonly=True)
+                reader.execute("SELECT count(*) FROM decisions").fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise StateError(f"{str(path)!r} cannot be read: {_describe(exc)}") from None
+            return cls(path, reader, None, retention_days)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"STATE_DIR {str(state_dir)!r} cannot be created: {_describe(exc)}"
+            ) from None
+        writer = None
+        try:
+            writer = _connect(path)
+            cls._prepare(writer, retention_days)
+            reader = _connect(path)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if writer is not None:
+                writer.close()
+            message = _describe(exc)
+            if "not a database" in message or "malformed" in message:
+                raise StateError(
+                    f"{str(path)!r} is not a usable SQLite database ({message}): "
+                    "move it aside and the bot starts a new record"
+                ) from None
+            raise StateError(f"{str(path)!r} cannot be written: {message}") from None
+        return cls(path, reader, writer, retention_days)
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection, retention_days: float) -> None:
+        """Schema, WAL, a real write (so a read-only file fails now, not later), pruning."""
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("record_not_wal", journal_mode=mode)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(_SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?), ('opened_at', ?)",
+                (str(SCHEMA_VERSION), _iso(time.time())),
+            )
+            pruned = DecisionRecord._prune(conn, retention_days)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if pruned:
+            log.info("record_pruned", rows=pruned, retention_days=retention_days)
+
+    @staticmethod
+    def _prune(conn: sqlite3.Connection, retention_days: float) -> int:
+        cutoff = time.time() - retention_days * 86400
+        pruned = conn.execute("DELETE FROM decisions WHERE at < ?", (cutoff,)).rowcount
+        pruned += conn.execute("DELETE FROM latest WHERE at < ?", (cutoff,)).rowcount
+        return pruned
+
+    # -- writing (the writer thread) ------------------------------------------------------------
+
+    def _enqueue(self, item: _Write) -> None:
+        if self._closed or self._writer is None:
+            raise StateError("the decision record is closed or read-only")
+        if self._queue.qsize() >= MAX_PENDING:
+            log.error("record_backlog_full", pending=MAX_PENDING, path=str(self.path))
+            return
+        self._queue.put(item)
+
+    def _write_loop(self) -> None:
+        assert self._writer is not None
+        conn = self._writer
+        last_prune = time.monotonic()
+        stop = False
+        while not stop:
+            batch: list[Any] = [self._queue.get()]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            writes = [w for w in batch if not isinstance(w, _Flush) and w is not _STOP]
+            stop = any(w is _STOP for w in batch)
+            if writes:
+                self._commit(conn, writes)
+            if time.monotonic() - last_prune > PRUNE_EVERY:
+                last_prune = time.monotonic()
+                self._commit(conn, [lambda c: self._prune(c, self.retention_days)])
+            for item in batch:
+                if isinstance(item, _Flush):
+                    item.done()
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, writes: list[_Write]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in writes:
+                if callable(write):
+                    write(conn)
+                else:
+                    conn.execute(*write)
+            conn.execute("COMMIT")
+        except Exception as exc:  # a full disk must not kill the writer thread
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            log.error("record_write_failed", error=str(exc), lost=len(writes), path=str(self.path))
+
+    # -- the API ----------------------------------------------------------------------------
+
+    async def record(self, decision: Decision) -> None:
+        """Queue one decision (never waits for the disk): a history row when the bot acted on
+        it, and the MR's latest verdict for that check whatever the action."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            values = decision_values(decision)
+            if decision.action in RECORDED_ACTIONS:
+                conn.execute(_INSERT_DECISION, values)
+            conn.execute(_UPSERT_LATEST, values)
+
+        self._enqueue(write)
+
+    async def remember_project(self, project_id: int, path: str) -> None:
+        """Remember a project the bot works for (the sweep covers it after a restart).
+
+        Called on every evaluation; written when new, renamed, or not written for an hour.
+        """
+        now = time.time()
+        seen = self._seen.get(project_id)
+        if seen is not None and seen[0] == path and now - seen[1] < 3600:
+            return
+        self._seen[project_id] = (path, now)
+        self._enqueue((_UPSERT_PROJECT, (project_id, path, now)))
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        if self._writer is None or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        marker = _Flush(loop, loop.create_future())
+        self._queue.put(marker)
+        await marker.future
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        await self.flush()
+
+        def run() -> list[sqlite3.Row]:
+            with self._read_lock:
+                return self._reader.execute(sql, params).fetchall()
+
+        return await asyncio.to_thread(run)
+
+    async def known_projects(self) -> list[tuple[int, str]]:
+        """Every project the bot has evaluated, as (id, path), ordered by id."""
+        rows = await self._read("SELECT project_id, path FROM projects ORDER BY project_id", ())
+        return [(int(r["project_id"]), str(r["path"])) for r in rows]
+
+    async def history(self, project: int | str, iid: int, limit: int = 50) -> list[dict[str, Any]]:
+        """The recorded decisions of one MR, newest first; `project` is an id or a path."""
+        columns = f"id, {', '.join(_VERDICT_COLUMNS)}"
+        if isinstance(project, int):
+            sql = f"SELECT {columns} FROM decisions WHERE project_id = ? AND iid = ?"
+        else:
+            sql = (
+                f"SELECT {columns} FROM decisions WHERE project_path = ? COLLATE NOCASE AND iid = ?"
+            )
+        rows = await self._read(f"{sql} ORDER BY id DESC LIMIT ?", (project, iid, int(limit)))
+        return [_row_dict(r) for r in rows]
+
+    async def latest(self, project_id: int, iid: int) -> list[dict[str, Any]]:
+        """The last evaluated verdict of each check of one MR, by check name."""
+        rows = await self._read(
+            f"SELECT {', '.join(_VERDICT_COLUMNS)} FROM latest "
+            "WHERE project_id = ? AND iid = ? ORDER BY check_name",
+            (project_id, iid),
+        )
+        return [_row_dict(r) for r in rows]
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writer thread, close the connections. Idempotent."""
+        if self._closed:
+            return
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._closed = True
+            await asyncio.to_thread(self._thread.join)
+        self._closed = True
+        with self._read_lock:
+            self._reader.close()
+
+
+def history_line(row: dict[str, Any]) -> str:
+    """One recorded decision as the `history` command prints it."""
+    at = row["at"].replace("+00:00", "Z")
+    return (
+        f"{at}  {row['sha'][:8]}  {row['check']}  {row['verdict']}  {row['action']}  "
+        f"{row['reason']}"
+    )
+
+
+async def read_history(
+    state_dir: Path, project: int | str, iid: int, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The `history` command's read: STATE_DIR only, read-only, no writer, no GitLab."""
+    record = DecisionRecord.open(state_dir, readonly=True)
+    try:
+        return await record.history(project, iid, limit)
+    finally:
+        await record.close()
