@@ -2289,6 +2289,8 @@ _HTML_ERRORS = {
 
 def _fault_response(status: int, retry_after: int | None, body: Any) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    if isinstance(body, bytes):  # raw, e.g. b"" for the empty 422 some proxies send
+        return web.Response(body=body, status=status, headers=headers)
     if body is not None:
         return web.json_response(body, status=status, headers=headers)
     if status == 429:
