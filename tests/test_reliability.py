@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bot.app import EVALUATOR, SWEEPER
+from bot.app import EVALUATOR, QUEUE, SWEEPER
 from bot.gitlab import RateLimitPacer
 from tests import payloads
 from tests.conftest import Bot, write_policies
@@ -198,3 +198,22 @@ async def test_a_freeze_verdict_wakes_itself_when_the_window_ends(
     # No event arrives; the verdict's wake_at brings the bot back when the window closes.
     await converge(lambda: gitlab.check_status(1, 1, "change-freeze") == "passed", limit=8)
     assert [c.json["status"] for c in gitlab.status_posts()] == ["failed", "passed"]
+
+
+async def test_a_sweep_never_holds_back_a_delivery(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any]
+) -> None:
+    expected = seed_project(gitlab, 40)
+    gitlab.latency = 0.03
+    bot: Bot = await start_bot(projects=("acme/app",), sweep_budget=1000, workers=2)
+    sweeper = bot.app[SWEEPER]
+    await converge(lambda: len(gitlab.status_posts()) >= 3)
+    gitlab.update_mr(1, 40, title="feat: now conventional")  # the sweep may have judged it
+    status, _ = await bot.deliver(payloads.merge_request_hook(iid=40, sha=sha_of(40)))
+    assert status == 202
+    await converge(lambda: gitlab.check_status(1, 40, "conventional-title") == "passed")
+    # The delivery was served ahead of the sweep's backlog, not after it.
+    assert sweeper.sweeps == 0
+    assert bot.app[QUEUE].background_depth > 10
+    expected[40] = "passed"
+    await converge(lambda: shown(gitlab, expected) == expected, limit=30)
