@@ -229,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--prune", action="store_true", help="delete status checks at the bot with no policy"
     )
-    register.add_argument("--group", action="store_true", help="TARGET is a group (not a project)")
+    register.add_argument(
+        "--group", action="store_true", help="PROJECT_OR_GROUP names a group (for a numeric id)"
+    )
     register.set_defaults(func=cmd_register)
     history = commands.add_parser(
         "history", help="print an MR's recorded decisions, newest first (reads STATE_DIR only)"

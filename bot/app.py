@@ -18,7 +18,7 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.decide import Decision, Evaluator, needs_of
-from bot.details import Sources, links_ctx
+from bot.details import LINK_KEY, Sources, links_ctx
 from bot.details import add_routes as add_details_routes
 from bot.gitlab import GitLab, GitLabError
 from bot.intake import make_webhook_handler, webhook_method_not_allowed
@@ -121,7 +121,7 @@ def _observe(
     evaluator.listeners.append(metrics.verdict)
     sticky = StickyNotes(
         app[GITLAB],
-        link_for=details_links(settings),
+        link_for=details_links(settings, app.get(LINK_KEY)),
         link_ttl=settings.link_ttl,
         on_write=metrics.note_written,
     )
@@ -226,6 +226,11 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
         sweeper = app.get(SWEEPER)
         if sweeper is not None and hint.project_path:
             sweeper.remember(key.project_id, hint.project_path)
+        record = app.get(RECORD)
+        if record is not None and hint.project_path:
+            # Before any evaluation: a kill -9 right after this delivery still leaves the project
+            # known to the next start-up sweep.
+            record.remember_project(key.project_id, hint.project_path)
         queue = app.get(QUEUE)
         return queue.submit(key, hint) if queue is not None else False
 

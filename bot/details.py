@@ -71,7 +71,7 @@ class Sources:
 def links_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context that loads the link key once at start (LINK_SECRET or STATE_DIR)."""
 
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
+    async def _links_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             app[LINK_KEY] = await asyncio.to_thread(
                 load_link_key, settings.link_secret, settings.state_dir
@@ -84,7 +84,7 @@ def links_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[N
             ) from None
         yield
 
-    return ctx
+    return _links_ctx
 
 
 # -- what the page shows -------------------------------------------------------------------------

@@ -178,8 +178,8 @@ class Metrics:
         )
         self.sweep_repairs = Counter(
             f"{PREFIX}_sweep_repairs",
-            "Statuses a sweep corrected: `repaired` (GitLab showed a stale or missing verdict) "
-            "or `tampered` (GitLab showed a verdict the bot never posted).",
+            "Statuses sweeps corrected: `repaired` counts every one, `tampered` those where "
+            "GitLab showed a verdict the bot never posted (set by hand).",
             ["kind"],
             registry=registry,
         )
@@ -260,7 +260,7 @@ class Metrics:
                 self.gitlab_rate_limit_remaining.set(float(remaining))
 
     def sweep_finished(self, duration_seconds: float, repaired: int, tampered: int) -> None:
-        """Called by the reconciliation sweep once per sweep."""
+        """Called once per reconciliation sweep; `repaired` includes the `tampered` ones."""
         self.sweep_seconds.observe(duration_seconds)
         if repaired:
             self.sweep_repairs.labels(kind="repaired").inc(repaired)

@@ -59,6 +59,7 @@ _VERDICT_COLUMNS = (
     "reason",
     "outcome",
     "wake_at",
+    "tampered",
 )
 
 _SCHEMA = f"""
@@ -67,19 +68,21 @@ CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     {", ".join(_VERDICT_COLUMNS)}
 );
-CREATE INDEX IF NOT EXISTS decisions_mr ON decisions (project_id, iid, id);
-CREATE INDEX IF NOT EXISTS decisions_path ON decisions (project_path COLLATE NOCASE, iid, id);
-CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
 CREATE TABLE IF NOT EXISTS latest (
     {", ".join(_VERDICT_COLUMNS)},
     PRIMARY KEY (project_id, iid, check_name)
 );
-CREATE INDEX IF NOT EXISTS latest_at ON latest (at);
 CREATE TABLE IF NOT EXISTS projects (
     project_id INTEGER PRIMARY KEY,
     path TEXT NOT NULL,
     last_seen REAL NOT NULL
 );
+"""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS decisions_mr ON decisions (project_id, iid, id);
+CREATE INDEX IF NOT EXISTS decisions_path ON decisions (project_path COLLATE NOCASE, iid, id);
+CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
+CREATE INDEX IF NOT EXISTS latest_at ON latest (at);
 """
 
 _INSERT_DECISION = (
@@ -123,6 +126,7 @@ def decision_values(decision: Decision) -> tuple[Any, ...]:
         verdict.reason,
         json.dumps(outcome, ensure_ascii=False, separators=(",", ":")),
         verdict.wake_at.isoformat() if verdict.wake_at else None,
+        int(decision.tampered),
     )
 
 
@@ -137,6 +141,7 @@ def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
     data["at"] = _iso(data["at"])
     data["applicable"] = bool(data["applicable"])
     data["advisory"] = bool(data["advisory"])
+    data["tampered"] = bool(data["tampered"])
     data["outcome"] = json.loads(data["outcome"]) if data["outcome"] else None
     return data
 
@@ -149,7 +154,8 @@ class _Flush:
     future: asyncio.Future[None]
 
     def done(self) -> None:
-        self.loop.call_soon_threadsafe(self._set)
+        with contextlib.suppress(RuntimeError):  # the waiter's loop is gone: nobody to tell
+            self.loop.call_soon_threadsafe(self._set)
 
     def _set(self) -> None:
         if not self.future.done():
@@ -220,10 +226,13 @@ class DecisionRecord:
                 raise StateError(
                     f"no decision record at {str(path)!r}: set STATE_DIR to the bot's state folder"
                 )
+            reader = None
             try:
                 reader = _connect(path, readonly=True)
                 reader.execute("SELECT count(*) FROM decisions").fetchone()
             except sqlite3.DatabaseError as exc:
+                if reader is not None:
+                    reader.close()
                 raise StateError(f"{str(path)!r} cannot be read: {_describe(exc)}") from None
             return cls(path, reader, None, retention_days)
         try:
@@ -257,6 +266,13 @@ class DecisionRecord:
             log.warning("record_not_wal", journal_mode=mode)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(_SCHEMA)
+        for table in ("decisions", "latest"):
+            # A record written by an older bot: columns added since are added (empty) here.
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for column in _VERDICT_COLUMNS:
+                if column not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        conn.executescript(_INDEXES)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
@@ -340,10 +356,11 @@ class DecisionRecord:
 
         self._enqueue(write)
 
-    async def remember_project(self, project_id: int, path: str) -> None:
+    def remember_project(self, project_id: int, path: str) -> None:
         """Remember a project the bot works for (the sweep covers it after a restart).
 
-        Called on every evaluation; written when new, renamed, or not written for an hour.
+        Called on every accepted delivery and every evaluation (synchronous: it only queues);
+        written when new, renamed, or not written for an hour.
         """
         now = time.time()
         seen = self._seen.get(project_id)
@@ -354,7 +371,7 @@ class DecisionRecord:
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
-        if self._writer is None or self._closed:
+        if self._thread is None or self._closed or not self._thread.is_alive():
             return
         loop = asyncio.get_running_loop()
         marker = _Flush(loop, loop.create_future())
@@ -409,13 +426,19 @@ class DecisionRecord:
             self._reader.close()
 
 
+def _printable(text: str) -> str:
+    """Evidence quotes MR titles: never let one move the cursor or recolour a terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def history_line(row: dict[str, Any]) -> str:
     """One recorded decision as the `history` command prints it."""
     at = row["at"].replace("+00:00", "Z")
-    return (
-        f"{at}  {row['sha'][:8]}  {row['check']}  {row['verdict']}  {row['action']}  "
-        f"{row['reason']}"
+    action = (
+        f"{row['action']} (over a status set by hand)" if row.get("tampered") else row["action"]
     )
+    fields = (at, row["sha"][:8], row["check"], row["verdict"], action, row["reason"])
+    return "  ".join(_printable(str(field)) for field in fields)
 
 
 async def read_history(

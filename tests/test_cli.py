@@ -402,7 +402,7 @@ async def test_explain_prints_the_tree_with_evidence_and_facts_and_writes_nothin
         "  ✗ security approval — approvals: 0 of 1 from acme/security "
         "(alice approved but is the author)" in lines
     )
-    assert "      fix: needs 1 more approval from acme/security" in lines
+    assert "      fix: get 1 more approval from acme/security" in lines
     assert "      ✗ changed_lines: 500 > max 400" in lines
     assert '  ✗ conventional title — title: "Add login" does not match' in out
     assert "status checks with no policy here: another-service" in lines

@@ -21,6 +21,7 @@ from tests.conftest import Bot
 from tests.fakegitlab import FakeGitLab
 
 CHROMIUM = Path("/usr/bin/chromium")
+HAVE_CHROMIUM = CHROMIUM.exists()
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -36,7 +37,7 @@ SHA = "3" * 40
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
+    if not HAVE_CHROMIUM:
         message = "chromium is not installed (apt-get install chromium)"
         if os.environ.get("CI"):
             pytest.fail(message)

@@ -100,7 +100,9 @@ async def after_startup_sweep(bot: Bot) -> None:
         return
     sweeper = bot.app[key]
     async with asyncio.timeout(5):
-        while getattr(sweeper, "sweeps", 1) < 1:
+        while True:
+            if getattr(sweeper, "sweeps", 1) >= 1:
+                break
             await asyncio.sleep(0.01)
     await bot.settle()
 

@@ -120,8 +120,7 @@ def test_render_verdict_tree() -> None:
     )
     text = render_verdict(evaluate(policy, big(pipeline="success")), color=False)
     assert text.splitlines() == [
-        "✗ demo: failed — changed_lines: 500 > max 400; "
-        "labels: has none of hotfix",
+        "✗ demo: failed — changed_lines: 500 > max 400; labels: has none of hotfix",
         "  ✓ pipeline: the pipeline is success",
         "  ✗ any: none of 2 rules holds",
         "      fix: reduce the change to at most 400 lines or add label hotfix",
@@ -139,6 +138,20 @@ def test_render_hides_fixes_under_a_holding_rule() -> None:
     text = render_verdict(evaluate(policy, make_facts()))
     assert "fix:" not in text
     assert text.startswith("✓ policy: passed — all 1 rule holds")
+
+
+def test_render_offers_no_fix_for_a_policy_that_does_not_apply() -> None:
+    policy = load_policy_text(
+        "applies_to: {target_branches: [main]}\nrequire:\n  - pipeline: success\n"
+    )
+    text = render_verdict(evaluate(policy, make_facts(target_branch="dev")))
+    assert text.splitlines() == [
+        "✓ policy: passed [not applicable] — not applicable: target branch dev is not one of main",
+        "  ✗ target_branches — target branch dev is not one of main",
+    ]
+    advisory = load_policy_text("mode: advisory\nrequire:\n  - pipeline: success\n")
+    text = render_verdict(evaluate(advisory, make_facts()))
+    assert "fix: run a pipeline" in text  # advisory: what would fail, and what would fix it
 
 
 # --- laws ------------------------------------------------------------------------------------

@@ -161,6 +161,26 @@ def test_duplicate_from_file_stem(tmp_path: Path) -> None:
     ]
 
 
+def test_duplicates_are_reported_even_when_a_file_has_other_problems(tmp_path: Path) -> None:
+    write(tmp_path, "a.yml", "check: review\nrequire:\n  - lables: {any: [x]}\n")
+    write(tmp_path, "b.yml", "check: review\nrequire: [{draft: false}]\n")
+    write(tmp_path, "c.yml", "check: [not, a, name]\nrequire: [{draft: false}]\n")
+    write(tmp_path, "d.yml", "check: review\nrequire: [\n")  # YAML error: its check is unknown
+    expected = [
+        f"{tmp_path}/a.yml:3: unknown predicate `lables`; did you mean `labels`?",
+        f"{tmp_path}/c.yml:1: `check` must be a string, got a list",
+        f"{tmp_path}/d.yml:3: YAML syntax error: expected the node content, but found "
+        "'<stream end>' (while parsing a flow node at line 3)",
+        f"{tmp_path}/b.yml:1: duplicate check `review`: already defined in {tmp_path}/a.yml:1",
+    ]
+    with pytest.raises(PolicyLoadError) as caught:
+        load_policy_dir(tmp_path)
+    assert [str(problem) for problem in caught.value.problems] == expected
+    assert [str(problem) for problem in validate_paths([str(tmp_path)])] == expected
+    files = [str(tmp_path / name) for name in ("a.yml", "b.yml")]
+    assert [str(problem) for problem in validate_paths(files)] == [expected[0], expected[3]]
+
+
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(PolicyLoadError, match="no such file or folder"):
         load_policy_dir(tmp_path / "nope")

@@ -7,7 +7,14 @@ import time
 import pytest
 
 from bot.facts import ChangedFile
-from bot.policy import MissingFactError, Outcome, compile_rule, make_facts
+from bot.policy import (
+    MissingFactError,
+    Outcome,
+    compile_rule,
+    evaluate,
+    load_policy_text,
+    make_facts,
+)
 
 
 def judge(rule: str, **facts: object) -> Outcome:
@@ -314,6 +321,49 @@ def test_diff_predicates_need_diffs() -> None:
             rule.evaluate(make_facts(changed_files=None))
 
 
+def test_a_truncated_diff_never_passes_on_what_gitlab_left_out() -> None:
+    """GitLab before 15.7 may cut /changes short: counts are lower bounds, absences unknown."""
+    seen = [{"path": f"docs/p{i}.md", "additions": 2} for i in range(1000)]
+
+    def cut(rule: str) -> Outcome:
+        return judge(rule, changed_files=seen, changed_files_truncated=True)
+
+    note = "(GitLab truncated the list of changed files)"
+    over = cut("changed_files_count: {max: 999}")
+    assert (over.passed, over.evidence) == (False, "changed_files_count: at least 1000 > max 999")
+    unsure = cut("changed_lines: {max: 5000}")
+    assert not unsure.passed
+    assert (
+        unsure.evidence == f"changed_lines: at least 2000, so max 5000 cannot be confirmed {note}"
+    )
+    assert unsure.fix == "reduce the change to at most 5000 lines"
+    floor = cut("changed_files_count: {min: 10}")
+    assert (floor.passed, floor.evidence) == (True, "changed_files_count: at least 1000 >= min 10")
+    only = cut("only_changed_files: ['docs/**']")
+    assert not only.passed
+    assert only.evidence == (
+        "only_changed_files: the 1000 paths GitLab listed match docs/**, but the rest cannot be "
+        f"checked {note}"
+    )
+    some = cut("changed_files: ['src/**']")
+    assert not some.passed
+    assert some.evidence == (
+        f"changed_files: no path among the 1000 paths GitLab listed matches src/** {note}"
+    )
+    assert cut("changed_files: ['docs/p3.md']").passed  # a match seen is a match
+
+
+def test_a_truncated_diff_keeps_a_guarded_policy_applicable() -> None:
+    policy = load_policy_text(
+        "check: guard\napplies_to: {changed_files: ['src/auth/**']}\n"
+        "require:\n  - approvals: {count: 1}\n"
+    )
+    facts = {"changed_files": ["docs/a.md"], "approved_by": []}
+    assert not evaluate(policy, make_facts(**facts)).applicable
+    verdict = evaluate(policy, make_facts(**facts, changed_files_truncated=True))
+    assert (verdict.applicable, verdict.status) == (True, "failed")
+
+
 def test_changed_file_paths_of_facts() -> None:
     assert ChangedFile("a", "b", renamed_file=True).paths == ("a", "b")
     assert ChangedFile("a", "a", deleted_file=True).paths == ("a",)
@@ -337,7 +387,7 @@ def test_author_approving_own_mr_does_not_count() -> None:
     assert outcome.evidence == (
         "approvals: 0 of 1 from acme/security (alice approved but is the author)"
     )
-    assert outcome.fix == "needs 1 more approval from acme/security"
+    assert outcome.fix == "get 1 more approval from acme/security"
 
 
 def test_approver_outside_the_group_is_named() -> None:
@@ -351,7 +401,7 @@ def test_approver_outside_the_group_is_named() -> None:
 def test_no_approvals_yet_and_plural_fix() -> None:
     outcome = judge("approvals: {count: 2}", approved_by=[])
     assert outcome.evidence == "approvals: 0 of 2 (no approvals yet)"
-    assert outcome.fix == "needs 2 more approvals"
+    assert outcome.fix == "get 2 more approvals"
 
 
 def test_exclude_author_false_counts_the_author() -> None:

@@ -25,7 +25,7 @@ from bot.facts import MergeRequestFacts
 from bot.keys import MRKey
 from bot.policy import evaluate
 from bot.policy_store import PolicyStore
-from bot.record import DB_NAME, DecisionRecord, StateError
+from bot.record import DB_NAME, DecisionRecord, StateError, history_line
 from tests import payloads
 from tests.conftest import Bot
 from tests.fakegitlab import FakeGitLab
@@ -104,6 +104,20 @@ async def test_a_delivered_mr_is_recorded_with_outcomes_and_evidence(
     assert set(latest) == {"conventional-title", "pipeline-green"}
     assert latest["pipeline-green"]["action"] == "unchanged"
     assert before["pipeline-green"]["action"] == "posted"
+    assert not any(r["tampered"] for r in rows)
+
+    # Someone sets the failing check to passed by hand: the bot overwrites it, and the row says so.
+    check_id = next(
+        c["id"] for c in gitlab.projects[1].checks.values() if c["name"] == "pipeline-green"
+    )
+    gitlab.set_status(1, 1, check_id, SHA, "passed")
+    await deliver_and_record(bot)
+    newest = (await record.history(1, 1, limit=1))[0]
+    assert (newest["check"], newest["action"], newest["tampered"]) == (
+        "pipeline-green",
+        "posted",
+        True,
+    )
 
 
 async def test_the_record_survives_a_restart(
@@ -307,3 +321,35 @@ async def test_close_flushes_and_old_decisions_are_pruned_at_start(
         await reopened.close()
     with sqlite3.connect(tmp_path / "state" / DB_NAME) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_history_lines_are_readable_and_inert_in_a_terminal() -> None:
+    row = {
+        "at": "2026-03-01T10:00:00+00:00",
+        "sha": "abcdef0123456789" * 2,
+        "check": "conventional-title",
+        "verdict": "failed",
+        "action": "posted",
+        "reason": "title: \x1b[2J\x1b[31mgotcha\x1b[0m\nnext line does not match",
+    }
+    line = history_line(row)
+    assert line.startswith("2026-03-01T10:00:00Z  abcdef01  conventional-title  failed  posted  ")
+    assert "\x1b" not in line and "\n" not in line
+    assert "\\x1b[2J" in line  # shown, escaped, not executed
+
+
+async def test_a_record_from_an_older_bot_gains_the_new_columns(
+    tmp_path: Path, policy_dir: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / DB_NAME) as conn:  # the first schema, before `tampered`
+        conn.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, at, sha)")
+        conn.execute("CREATE TABLE latest (at, project_id, iid, check_name)")
+    record = DecisionRecord.open(state)
+    try:
+        await record.record(_decision(policy_dir, dt.datetime.now(dt.UTC), 3))
+        (row,) = await record.history(1, 3)
+        assert row["tampered"] is False and row["check"] == "conventional-title"
+    finally:
+        await record.close()

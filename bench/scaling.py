@@ -1,0 +1,82 @@
+"""The "Scaling past one machine" section, worked out from this run's numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GITLAB_COM_API_LIMIT = 2000  # authenticated API requests per minute per user on GitLab.com
+RECONCILE_INTERVAL = 300.0  # the default, seconds
+
+
+def section(facts: dict[str, Any]) -> str:
+    cpu = facts.get("bot_cpu_per_decision")
+    requests = facts.get("requests_per_decision") or 5.0
+    rps = facts.get("intake_rps_bot")
+    per_mr = facts.get("rss_per_queued_mr")
+    idle = facts.get("rss_idle")
+    sweep = facts.get("sweep") or []
+    decisions_per_s = 1 / cpu if cpu else None
+    limit_decisions = GITLAB_COM_API_LIMIT / requests  # per minute
+    lines = ["### Scaling past one machine", ""]
+    lines.append("What limits one instance, with this run's numbers:")
+    lines.append("")
+    lines.append(
+        f"- **GitLab's rate limit comes first.** A decision costs {requests:.0f} requests. "
+        f"GitLab.com allows {GITLAB_COM_API_LIMIT:,} authenticated API requests per minute per "
+        f"user, i.e. {limit_decisions:,.0f} decisions/min ({limit_decisions / 60:.1f}/s) for the "
+        "bot's token, whatever the number of instances: shards that share one token share that "
+        "limit. Self-managed GitLab has the limit off by default (the admin sets it)."
+    )
+    if decisions_per_s:
+        lines.append(
+            f"- **CPU per evaluation**: {cpu * 1000:.2f} ms of bot CPU per complete decision, "
+            f"≈{decisions_per_s:,.0f} decisions/s on one core — "
+            f"{decisions_per_s / (limit_decisions / 60):,.0f}× what one token may ask of "
+            "GitLab.com. The event loop is single-threaded: one process uses one core."
+        )
+    if rps:
+        lines.append(
+            f"- **Intake**: {rps:,.0f} deliveries/s acknowledged while evaluating (one process). "
+            "GitLab sends a handful of deliveries per MR change, so intake is not the limit."
+        )
+    if per_mr and idle:
+        lines.append(
+            f"- **Memory**: {idle / 2**20:.0f} MiB idle + {per_mr:,.0f} bytes per queued MR: "
+            f"a backlog of 100,000 MRs would fit in "
+            f"{(idle + per_mr * 100_000) / 2**20:,.0f} MiB."
+        )
+    if sweep:
+        big = sweep[-1]
+        per = big["requests"] / big["size"]
+        mrs_per_interval = GITLAB_COM_API_LIMIT * RECONCILE_INTERVAL / 60 / per
+        lines.append(
+            f"- **The sweep**: {per:.2f} requests per open MR; within GitLab.com's limit one "
+            f"token sweeps at most {mrs_per_interval:,.0f} open MRs per default "
+            f"{RECONCILE_INTERVAL:.0f} s interval (and then has no budget left for webhooks): "
+            "past a few thousand open MRs the interval must grow or the sweep must skip MRs "
+            "whose head SHA and status have not changed since the last decision."
+        )
+    lines += [
+        "",
+        "What would be shared, and how to shard:",
+        "",
+        "- **Coalescing must be per MR**, so all deliveries for one MR must reach the same "
+        "instance. Shard by project id (every MR belongs to one project) with a consistent hash "
+        "at the load balancer. GitLab's deliveries carry the project id only in the body, so "
+        "give each project's webhook and status checks a URL the balancer can hash on, e.g. "
+        "`/webhook?project=123` (the `register` command writes the URLs), or run one "
+        "instance per group and point each group's hooks at it.",
+        "- **The sweep is partitioned the same way**: each instance sweeps only the projects "
+        "that hash to it (its own `PROJECTS`), so no MR is swept twice.",
+        "- **The decision record** (SQLite in `STATE_DIR`) is per instance and keyed by "
+        "project, so it shards with the projects; a shared record (one database) is only "
+        "needed for a single `history` view across shards, or to move projects between shards "
+        "without losing their history.",
+        "- **Shared nothing else**: the per-MR queue can stay in memory because a restart is "
+        "healed by the start-up sweep (principle 4). A shared queue (Redis, a database) would "
+        "only buy a faster hand-over when a shard dies, at the cost of a network hop per "
+        "delivery.",
+        "- **Separate tokens per shard** (one bot user each) multiply GitLab's per-user rate "
+        "limit; on a self-managed GitLab the instance's own capacity is then the limit.",
+    ]
+    return "\n".join(lines)

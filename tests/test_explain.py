@@ -1,0 +1,198 @@
+"""`explain` in-process against the fake GitLab: what it reads, what it prints, how it fails.
+
+(tests/test_cli.py runs the same command as a real subprocess.)"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import Settings
+from bot.explain import explain, parse_reference, use_color
+from tests.conftest import TOKEN, write_policies
+from tests.fakegitlab import FakeGitLab, diff_file
+
+TITLE_ONLY = {"title.yml": "check: conventional-title\nrequire:\n  - title: '^feat: '\n"}
+REVIEW = {
+    "review.yml": """
+        check: review
+        require:
+          - approvals: {count: 1, from: {groups: [acme/security]}}
+          - commits: {signed_off: true}
+    """
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("group/app!42", ("group/app", 42)), ("17!42", (17, 42)), (" a/b/c!1 ", ("a/b/c", 1))],
+)
+def test_references(text: str, expected: tuple[Any, int]) -> None:
+    assert parse_reference(text) == expected
+
+
+@pytest.mark.parametrize("text", ["group/app", "group/app!", "!4", "x!0", "x!abc", "a b!1"])
+def test_bad_references(text: str) -> None:
+    with pytest.raises(ValueError, match="is not PROJECT!IID"):
+        parse_reference(text)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color() -> None:
+    assert use_color(Terminal(), {}) is True
+    assert use_color(io.StringIO(), {}) is False
+    assert use_color(Terminal(), {"NO_COLOR": "1"}) is False
+    assert use_color(Terminal(), {"NO_COLOR": ""}) is True  # no-color.org: set and non-empty
+
+
+def seed(gitlab: FakeGitLab) -> None:
+    gitlab.add_group(11, "acme/security", [{"id": 3, "username": "carol"}])
+    gitlab.add_project(7, "group/app")
+    gitlab.add_mr(
+        7,
+        42,
+        title="feat: login",
+        labels=["backend"],
+        author={"id": 1, "username": "alice"},
+        diffs=[diff_file("src/auth/login.py", additions=5, renamed_from="src/login.py")],
+        commits=[{"id": "a" * 40, "message": "feat: login\n\nSigned-off-by: Alice <a@x>"}],
+        approved_by=[{"id": 3, "username": "carol"}],
+    )
+    gitlab.add_status_check(7, "conventional-title")
+    gitlab.add_status_check(7, "review")
+
+
+async def run_explain(
+    gitlab: FakeGitLab, policies: Path, reference: str = "group/app!42", color: bool = False
+) -> tuple[int, str]:
+    settings = Settings(
+        gitlab_url=gitlab.url, gitlab_token=TOKEN, policy_dir=policies, gitlab_timeout=2.0
+    )
+    out = io.StringIO()
+    code = await asyncio.to_thread(explain, settings, reference, color=color, out=out)
+    return code, out.getvalue()
+
+
+def routes(gitlab: FakeGitLab) -> Counter[str]:
+    mr = "/projects/:id/merge_requests/:merge_request_iid"
+    return Counter(c.route.split(" ", 1)[1].replace(mr, "MR") for c in gitlab.calls)
+
+
+async def test_a_title_policy_reads_only_the_mr_and_its_checks(
+    gitlab: FakeGitLab, tmp_path: Path
+) -> None:
+    seed(gitlab)
+    code, out = await run_explain(gitlab, write_policies(tmp_path / "p", TITLE_ONLY))
+    assert code == 0
+    assert routes(gitlab) == Counter({"/version": 1, "MR": 1, "MR/status_checks": 1})
+    assert "facts fetched: MR, status checks (3 requests, all reads)" in out
+    assert "  status checks: conventional-title pending, review pending" in out
+    assert "status checks with no policy here: review" in out
+    assert out.rstrip().splitlines()[-2] == "1 policy: 1 passed, 0 failed"
+
+
+async def test_the_facts_a_policy_needs_are_read_and_shown(
+    gitlab: FakeGitLab, tmp_path: Path
+) -> None:
+    seed(gitlab)
+    code, out = await run_explain(gitlab, write_policies(tmp_path / "p", REVIEW))
+    assert code == 0
+    assert routes(gitlab) == Counter(
+        {
+            "/version": 1,
+            "MR": 1,
+            "MR/status_checks": 1,
+            "MR/approvals": 1,
+            "MR/commits": 1,
+            "/groups/:id/members/all": 1,
+        }
+    )
+    lines = out.splitlines()
+    assert (
+        "facts fetched: MR, status checks, approvals, commits, members of acme/security "
+        "(6 requests, all reads)" in lines
+    )
+    assert (
+        "  MR: author alice; labels backend; not a draft; pipeline none; no conflicts; "
+        "blocking threads resolved" in lines
+    )
+    assert "  approvals: carol" in lines
+    assert "  commits: 1: aaaaaaaa feat: login" in lines
+    assert "  members of acme/security: carol" in lines
+    assert "  ✓ approvals: 1 of 1 from acme/security (carol)" in lines
+    assert "  ✓ commits: the only commit is signed off" in lines
+
+
+async def test_renamed_files_show_both_paths(gitlab: FakeGitLab, tmp_path: Path) -> None:
+    seed(gitlab)
+    policies = {"src.yml": "check: src\nrequire:\n  - changed_files: ['src/**']\n"}
+    code, out = await run_explain(gitlab, write_policies(tmp_path / "p", policies))
+    assert code == 0
+    assert "  diffs: 1 file, +5 -0: src/login.py → src/auth/login.py" in out.splitlines()
+
+
+async def test_colour_is_used_when_asked(gitlab: FakeGitLab, tmp_path: Path) -> None:
+    seed(gitlab)
+    code, out = await run_explain(gitlab, write_policies(tmp_path / "p", TITLE_ONLY), color=True)
+    assert code == 0
+    assert "\x1b[32m✓\x1b[0m" in out and "\x1b[1mconventional-title\x1b[0m" in out
+
+
+async def test_unreadable_status_checks_do_not_stop_the_explanation(
+    gitlab: FakeGitLab, tmp_path: Path
+) -> None:
+    seed(gitlab)
+    gitlab.licensed = False  # no Ultimate: the status check endpoints answer 401
+    code, out = await run_explain(gitlab, write_policies(tmp_path / "p", TITLE_ONLY))
+    assert code == 0
+    assert "  status checks: not readable: GitLab answered 401: the token is invalid" in out
+    assert "conventional-title (" in out and "— status checks not readable" in out
+    assert "✓ conventional-title: passed" in out
+
+
+async def test_facts_that_cannot_be_read_are_a_clear_error(
+    gitlab: FakeGitLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(gitlab)
+    gitlab.fail(403, times=5, path_contains="/approvals")
+    code, out = await run_explain(gitlab, write_policies(tmp_path / "p", REVIEW))
+    assert (code, out) == (1, "")
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(
+        "error: cannot read the facts of group/app!42 (approvals, commits, members of "
+        "acme/security): GitLab answered 403: the token's user lacks a role here"
+    )
+
+
+async def test_an_unreachable_gitlab_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with FakeGitLab(token=TOKEN) as gitlab:
+        url = gitlab.url
+    closed = FakeGitLab(token=TOKEN)
+    closed.url = url  # nothing listens there any more
+    code, out = await run_explain(closed, write_policies(tmp_path / "p", TITLE_ONLY))
+    assert (code, out) == (1, "")
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: cannot read merge request group/app!42: GitLab is unreachable")
+
+
+async def test_an_invalid_policy_is_reported_with_file_and_line(
+    gitlab: FakeGitLab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_policies(tmp_path / "p", {"bad.yml": "require:\n  - draft: maybe\n"})
+    code, out = await run_explain(gitlab, folder)
+    assert (code, out) == (1, "")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: invalid policy: {folder}/bad.yml:2: `draft` must be true or false, got a string"
+    ]
+    assert gitlab.calls == []
