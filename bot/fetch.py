@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -100,7 +101,13 @@ def _unresolved_threads(discussions: list[Mapping[str, Any]]) -> int:
 
 
 class GroupDirectory:
-    """Group memberships, cached briefly: they change rarely and every evaluation may ask."""
+    """Group memberships, cached briefly: they change rarely and every evaluation may ask.
+
+    "A member of acme/security" means what people mean by it: a direct member, one inherited
+    from a parent group (GitLab's members/all), or a member of any of its subgroups.
+    """
+
+    MAX_SUBGROUPS = 50  # bounds the requests one membership question can cost
 
     def __init__(self, gitlab: GitLab, *, ttl: float = 120.0) -> None:
         self._gitlab = gitlab
@@ -112,10 +119,24 @@ class GroupDirectory:
         cached = self._cache.get(key)
         if cached and time.monotonic() - cached[0] < self._ttl:
             return cached[1]
+        own, subgroups = await asyncio.gather(
+            self._gitlab.group_members(group), self._gitlab.descendant_groups(group)
+        )
+        if len(subgroups) > self.MAX_SUBGROUPS:
+            log.warning(
+                "too_many_subgroups", group=group, subgroups=len(subgroups), read=self.MAX_SUBGROUPS
+            )
+        below = await asyncio.gather(
+            *(
+                self._gitlab.direct_group_members(int(sub["id"]))
+                for sub in subgroups[: self.MAX_SUBGROUPS]
+                if isinstance(sub, dict) and "id" in sub
+            )
+        )
         members = frozenset(
             str(m.get("username", "")).lower()
-            for m in await self._gitlab.group_members(group)
-            if m.get("state", "active") == "active"
+            for m in itertools.chain(own, *below)
+            if isinstance(m, dict) and m.get("state", "active") == "active"
         )
         self._cache[key] = (time.monotonic(), members)
         return members

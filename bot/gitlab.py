@@ -342,9 +342,17 @@ class GitLab:
     async def discussions(self, project: int | str, iid: int) -> list[dict[str, Any]]:
         return await self.get_all(f"{self._mr_path(project, iid)}/discussions")
 
-    async def group_members(self, group: str) -> list[dict[str, Any]]:
+    async def group_members(self, group: str | int) -> list[dict[str, Any]]:
         """Direct and inherited members (members/all) of a group."""
         return await self.get_all(f"/groups/{project_ref(group)}/members/all")
+
+    async def direct_group_members(self, group: str | int) -> list[dict[str, Any]]:
+        """A group's own members (a subgroup's parents' members are already known)."""
+        return await self.get_all(f"/groups/{project_ref(group)}/members")
+
+    async def descendant_groups(self, group: str | int) -> list[dict[str, Any]]:
+        """Every group below `group`, at any depth."""
+        return await self.get_all(f"/groups/{project_ref(group)}/descendant_groups")
 
     async def open_merge_requests(self, project: int | str) -> list[dict[str, Any]]:
         return await self.get_all(

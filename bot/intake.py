@@ -102,8 +102,9 @@ def delivery_id(headers: Mapping[str, str]) -> str | None:
 
     `Idempotency-Key` (GitLab 17.4+) is kept across retries and resends; `X-Gitlab-Webhook-UUID`
     (16.2+) is new on every attempt, so on older GitLabs it only catches a replay of the very same
-    request (e.g. by a proxy). `X-Gitlab-Event-UUID` is shared by every hook, and every MR, that
-    one GitLab request or job triggers, so it is not a delivery id and is never used here.
+    request (e.g. by a proxy). `X-Gitlab-Event-UUID` is GitLab's recursion-detection id: new for
+    each hook run (a retry gets a new one), but shared by every hook and event that an API call made
+    from a webhook triggers, whatever the MR. It is no delivery id and never used here.
     """
     key = headers.get("Idempotency-Key")
     if key:
@@ -408,11 +409,14 @@ async def webhook_method_not_allowed(request: web.Request) -> web.Response:
 class _Refused(Exception):
     """Answer this delivery with an error (status, metrics outcome, message, extra log fields)."""
 
-    def __init__(self, status: int, outcome: str, message: str, **log_fields: Any) -> None:
+    def __init__(
+        self, status: int, outcome: str, message: str, *, close: bool = False, **log_fields: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.outcome = outcome
         self.message = message
+        self.close = close  # the body stream is broken or stalled: no keep-alive after this
         self.log_fields = log_fields
 
 
@@ -432,7 +436,8 @@ async def _read_body(request: web.Request, max_bytes: int | None) -> bytes:
         raise _too_large(max_bytes) from None
     except (web.RequestPayloadError, OSError) as exc:  # e.g. broken gzip
         detail = getattr(exc.__cause__, "message", None) or " ".join(str(exc).split())
-        raise _Refused(400, "malformed", f"body could not be read: {detail[:200]}") from None
+        message = f"body could not be read: {detail[:200]}"
+        raise _Refused(400, "malformed", message, close=True) from None
 
 
 def _check_token(headers: Mapping[str, str], secret: str) -> None:
@@ -483,7 +488,8 @@ def make_webhook_handler(
             async with asyncio.timeout(body_timeout):
                 body = await _read_body(request, max_body_bytes)
         except TimeoutError:
-            raise _Refused(400, "malformed", f"body not received in {body_timeout:g} s") from None
+            message = f"body not received in {body_timeout:g} s"
+            raise _Refused(400, "malformed", message, close=True) from None
         if status_check and status_check_secret is not None:
             _check_signature(request.headers, status_check_secret, body)
         excerpt = {"body_bytes": len(body), "body_excerpt": _body_excerpt(body)}
@@ -510,6 +516,8 @@ def make_webhook_handler(
             delivery = await verified_delivery(request, kind, not event_name, context)
         except _Refused as refused:
             response = _reject(refused.status, refused.message, **context, **refused.log_fields)
+            if refused.close:
+                response.force_close()
             return counted(kind, refused.outcome, response)
         if not delivery.work:
             reason = delivery.ignored or f"event {kind[:60]!r} is not one the bot acts on"

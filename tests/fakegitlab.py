@@ -1552,11 +1552,15 @@ class FakeGitLab:
 
     # ================================================================ pagination
 
-    def _paginate(self, ctx: Ctx, items: Sequence[Any]) -> web.Response:
+    def _paginate(
+        self, ctx: Ctx, items: Sequence[Any], render: Callable[[Any], Any] | None = None
+    ) -> web.Response:
         """GitLab's offset pagination: `page` (default 1) and `per_page` (default 20, max 100);
         headers x-page, x-per-page, x-next-page and x-prev-page (empty string when there is
         none), x-total and x-total-pages (omitted past 10,000 items), and Link with
-        rel="prev"/"next"/"first"/"last" full URLs keeping the other query parameters."""
+        rel="prev"/"next"/"first"/"last" full URLs keeping the other query parameters.
+        `render` turns the items of the page (only those) into their API shape, so listing a
+        page costs what the page holds, as in GitLab, not what the whole list holds."""
         checked = Params(ctx.params)
         page = checked.integer("page")
         per_page = checked.integer("per_page")
@@ -1568,6 +1572,8 @@ class FakeGitLab:
         total = len(items)
         total_pages = max(1, math.ceil(total / per_page))
         chunk = list(items[(page - 1) * per_page : page * per_page])
+        if render is not None:
+            chunk = [render(item) for item in chunk]
         out_of_range = page > total_pages
         has_next = not out_of_range and page < total_pages
         has_prev = not out_of_range and page > 1
@@ -1714,7 +1720,7 @@ class FakeGitLab:
             mrs = [m for m in mrs if m.data["updated_at"] > str(ctx.params["updated_after"])]
         key = order_by or "created_at"
         mrs.sort(key=lambda m: (m.data[key], m.data["iid"]), reverse=(sort or "desc") == "desc")
-        return self._paginate(ctx, [self._render_mr(project, m, basic=True) for m in mrs])
+        return self._paginate(ctx, mrs, lambda m: self._render_mr(project, m, basic=True))
 
     # ---------------------------------------------------------------- merge requests
 

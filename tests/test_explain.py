@@ -114,12 +114,13 @@ async def test_the_facts_a_policy_needs_are_read_and_shown(
             "MR/approvals": 1,
             "MR/commits": 1,
             "/groups/:id/members/all": 1,
+            "/groups/:id/descendant_groups": 1,
         }
     )
     lines = out.splitlines()
     assert (
         "facts fetched: MR, status checks, approvals, commits, members of acme/security "
-        "(6 requests, all reads)" in lines
+        "(7 requests, all reads)" in lines
     )
     assert (
         "  MR: author alice; labels backend; not a draft; pipeline none; no conflicts; "

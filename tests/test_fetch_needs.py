@@ -29,6 +29,8 @@ OPTIONAL = {
     "discussions": f"GET {MR}/discussions",
     "pipelines": f"GET {MR}/pipelines",
     "members": "GET /groups/:id/members/all",
+    "subgroups": "GET /groups/:id/descendant_groups",
+    "subgroup members": "GET /groups/:id/members",
     "group": "GET /groups/:id",
 }
 
@@ -150,11 +152,36 @@ async def test_group_approvals_read_approvals_and_inherited_members(
     bot = await start_with(tmp_path, start_bot, GROUP_APPROVAL)
     await evaluate_once(gitlab, bot)
     assert reads(gitlab) == Counter(
-        {READ_MR: 1, LIST_CHECKS: 1, OPTIONAL["approvals"]: 1, OPTIONAL["members"]: 1}
+        {
+            READ_MR: 1,
+            LIST_CHECKS: 1,
+            OPTIONAL["approvals"]: 1,
+            OPTIONAL["members"]: 1,
+            OPTIONAL["subgroups"]: 1,
+        }
     )
     members_call = next(c for c in gitlab.calls if c.route == OPTIONAL["members"])
     assert members_call.path == "/api/v4/groups/acme%2Fsecurity/members/all"
     assert gitlab.check_status(1, 1, "security-review") == "passed"
+
+
+async def test_members_of_subgroups_count_as_members_of_the_group(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    gitlab.add_group(11, "acme/security", [{"id": 3, "username": "carol"}])
+    gitlab.add_group(12, "acme/security/appsec", [{"id": 5, "username": "erin"}])
+    gitlab.add_group(13, "acme/other", [{"id": 6, "username": "frank"}])
+    seed(gitlab, ["security-review"], approved_by=[{"id": 5, "username": "erin"}])
+    bot = await start_with(tmp_path, start_bot, GROUP_APPROVAL)
+    await evaluate_once(gitlab, bot)
+    assert gitlab.check_status(1, 1, "security-review") == "passed"
+    subgroup_reads = [c.path for c in gitlab.calls if c.route == OPTIONAL["subgroup members"]]
+    assert subgroup_reads == ["/api/v4/groups/12/members"]  # not the sibling acme/other
+    # frank, in a sibling group, does not count (memberships come from the cache this time).
+    gitlab.unapprove(1, 1, {"id": 5})
+    gitlab.approve(1, 1, {"id": 6, "username": "frank"})
+    await evaluate_once(gitlab, bot, action="update")
+    assert gitlab.check_status(1, 1, "security-review") == "failed"
 
 
 async def test_the_author_approving_is_read_and_not_counted(
@@ -190,7 +217,7 @@ async def test_every_kind_of_fact_is_read_once_and_concurrently(
     bot = await start_with(tmp_path, start_bot, {"everything.yml": everything})
     gitlab.latency = 0.1
     await evaluate_once(gitlab, bot)
-    names = ["diffs", "approvals", "commits", "discussions", "members"]
+    names = ["diffs", "approvals", "commits", "discussions", "members", "subgroups"]
     assert reads(gitlab) == Counter(
         {READ_MR: 1, LIST_CHECKS: 1, **{OPTIONAL[name]: 1 for name in names}}
     )
