@@ -61,6 +61,7 @@ class Sweeper:
         self.on_finished = on_finished
         self.current: SweepReport | None = None
         self.sweeps = 0
+        self.swept = asyncio.Event()  # set once the first sweep (the start-up one) is done
         self._next_slot = 0.0
         self._submitted: set[MRKey] = set()
 
@@ -97,6 +98,7 @@ class Sweeper:
                 raise
             except Exception:
                 log.exception("sweep_crashed")
+                self.swept.set()
             await asyncio.sleep(max(1.0, interval - (time.monotonic() - started)))
 
     async def sweep_once(self) -> SweepReport:
@@ -109,6 +111,7 @@ class Sweeper:
         await self._drain()
         report.duration = time.monotonic() - started
         self.sweeps += 1
+        self.swept.set()
         self.current = None
         log.info(
             "sweep_finished",
