@@ -52,14 +52,7 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=None, connect=settings.gitlab_timeout)
     connector = aiohttp.TCPConnector(limit=settings.gitlab_concurrency * 2)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        gitlab = GitLab(
-            session,
-            url=settings.gitlab_url,
-            token=settings.gitlab_token,
-            timeout=settings.gitlab_timeout,
-            concurrency=settings.gitlab_concurrency,
-            on_response=app[METRICS].gitlab_response,
-        )
+        gitlab = GitLab.from_settings(session, settings, on_response=app[METRICS].gitlab_response)
         app[GITLAB] = gitlab
         if await gitlab.detect_version() is None:
             app[VERSION_RETRY] = asyncio.create_task(_retry_version(gitlab))

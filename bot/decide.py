@@ -329,24 +329,24 @@ class Evaluator:
 
     async def _announce(self, decision: Decision) -> None:
         verdict = decision.verdict
+        where = {
+            "project": decision.project_path,
+            "mr": decision.key.iid,
+            "sha": decision.sha,
+            "check": decision.check,
+        }
         if decision.tampered:
             log.warning(
                 "tamper",
-                project=decision.project_path,
-                mr=decision.key.iid,
-                sha=decision.sha,
-                check=decision.check,
+                **where,
                 shown=decision.gitlab_status,
                 verdict=verdict.status,
                 reason="GitLab showed a status for this SHA that the bot did not post; overwritten",
             )
         log.info(
             "decision",
-            project=decision.project_path,
+            **where,
             project_id=decision.key.project_id,
-            mr=decision.key.iid,
-            sha=decision.sha,
-            check=decision.check,
             policy=decision.policy.path,
             verdict=verdict.status,
             applicable=verdict.applicable,

@@ -74,14 +74,7 @@ async def read_mr(settings: Settings, project: int | str, iid: int, policies: li
         requests.append((method, url))
 
     async with aiohttp.ClientSession() as session:
-        gitlab = GitLab(
-            session,
-            url=settings.gitlab_url,
-            token=settings.gitlab_token,
-            timeout=settings.gitlab_timeout,
-            max_attempts=2,
-            on_response=record,
-        )
+        gitlab = GitLab.from_settings(session, settings, max_attempts=2, on_response=record)
         await gitlab.detect_version()
         reference = f"{project}!{iid}"
         mr_read, checks_read = await asyncio.gather(

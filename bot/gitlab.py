@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -20,6 +20,9 @@ import gidgetlab.aiohttp
 from gidgetlab import exceptions as gl_exc
 
 from bot.logs import get_logger
+
+if TYPE_CHECKING:
+    from bot.config import Settings
 
 log = get_logger(__name__)
 
@@ -251,6 +254,20 @@ class GitLab:
         self.detected_version: Version | None = None
         self.reachable: bool | None = None
         self.last_contact: float = 0.0
+
+    @classmethod
+    def from_settings(
+        cls, session: aiohttp.ClientSession, settings: Settings, **overrides: Any
+    ) -> GitLab:
+        """The client as every command builds it: URL, token, timeout and concurrency from the
+        settings; `overrides` for what one command needs differently."""
+        options: dict[str, Any] = {
+            "url": settings.gitlab_url,
+            "token": settings.gitlab_token,
+            "timeout": settings.gitlab_timeout,
+            "concurrency": settings.gitlab_concurrency,
+        }
+        return cls(session, **{**options, **overrides})
 
     # -- plumbing ---------------------------------------------------------------------------
 

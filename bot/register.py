@@ -531,13 +531,7 @@ async def run_register(
     if not policies:
         raise RegisterError(f"POLICY_DIR {str(settings.policy_dir)!r} holds no policies")
     async with aiohttp.ClientSession() as session:
-        gitlab = GitLab(
-            session,
-            url=settings.gitlab_url,
-            token=settings.gitlab_token,
-            timeout=settings.gitlab_timeout,
-            concurrency=settings.gitlab_concurrency,
-        )
+        gitlab = GitLab.from_settings(session, settings)
         version = await _detect_version(gitlab)
         projects = await find_projects(gitlab, target, group=group)
         checks = ", ".join(p.check for p in policies)
