@@ -54,6 +54,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--memory-mrs", type=int, default=10000, help="MRs queued for memory")
     parser.add_argument("--output", type=Path, help="write the results block into this file")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record a py-spy profile (speedscope JSON) of every bot process into this folder",
+    )
     args = parser.parse_args(argv)
     unknown = [s for s in args.only.split(",") if s and s not in SCENARIOS]
     if unknown:
@@ -69,6 +74,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], di
         loadgen=args.loadgen,
         sweep_sizes=tuple(int(x) for x in args.sweep_sizes.split(",") if x),
         memory_mrs=args.memory_mrs,
+        profile=args.profile.resolve() if args.profile else None,
     )
     chosen = [s for s in args.only.split(",") if s] or list(SCENARIOS)
     failed = False

@@ -39,6 +39,7 @@ class Options:
     loadgen: str = "auto"  # auto | wrk | aiohttp
     sweep_sizes: tuple[int, ...] = (100, 1000, 10000)
     memory_mrs: int = 10000
+    profile: Path | None = None  # record a py-spy profile of every bot into this folder
 
 
 @dataclass
@@ -147,13 +148,17 @@ class Harness:
         """Start a process (in a thread: start-up blocks on its first line or /healthz)."""
         process = await asyncio.to_thread(starter, self.workdir, **kwargs)
         self.processes.append(process)
+        if self.options.profile is not None and process.name.startswith("bot"):
+            self.options.profile.mkdir(parents=True, exist_ok=True)
+            process.profile_into(self.options.profile)
         return process
 
     async def main(self) -> tuple[Process, Process, FakeControl]:
         """The fake GitLab (seeded for every shared scenario) and the bot serving it."""
         if self._main is None:
-            fake = await self.start(
-                start_fake, seed_mrs=self.ranges.seed, checks=[BENCH_CHECK], latency=0.0
+            fake, _ = await asyncio.gather(
+                self.start(start_fake, seed_mrs=self.ranges.seed, checks=[BENCH_CHECK]),
+                self.bare(),
             )
             bot = await self.start(
                 start_bot, gitlab_url=fake.url, policy_dir=self.policy_dir, env=QUIET_BOT

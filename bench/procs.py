@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +40,7 @@ class Process:
     popen: subprocess.Popen[bytes]
     url: str
     stderr_path: Path
+    profiler: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -79,6 +81,28 @@ class Process:
             self.popen.wait(5)
         if self.popen.stdout is not None:
             self.popen.stdout.close()
+        if self.profiler is not None:  # py-spy writes its profile once the process is gone
+            try:
+                self.profiler.wait(30)
+            except subprocess.TimeoutExpired:
+                self.profiler.kill()
+                self.profiler.wait(5)
+            self.profiler = None
+
+    def profile_into(self, folder: Path) -> Path:
+        """Record a py-spy profile (speedscope JSON) of this process until it stops."""
+        spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
+        output = folder / f"{self.name}.speedscope.json"
+        command = [spy, "record", "--pid", str(self.pid), "--rate", "200", "--nonblocking"]
+        command += ["--format", "speedscope", "--output", str(output)]
+        with (folder / f"{self.name}.py-spy.log").open("wb") as log:
+            self.profiler = subprocess.Popen(
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        return output
 
     def stderr_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
@@ -108,7 +132,11 @@ def _spawn_printing_url(
     stderr_path = workdir / f"{name}.stderr"
     with stderr_path.open("wb") as stderr:
         popen = subprocess.Popen(
-            [PYTHON, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL
+            [PYTHON, *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
         )
     url = _first_line(popen, timeout)
     process = Process(name, popen, url, stderr_path)
@@ -147,10 +175,12 @@ def _wait_healthy(process: Process, timeout: float) -> None:
     while time.monotonic() < deadline:
         if not process.alive():
             raise ProcessError(f"{process.name} exited: {process.stderr_tail()}")
-        with contextlib.suppress(urllib.error.URLError, OSError):
-            with urllib.request.urlopen(f"{process.url}/healthz", timeout=1) as answer:
-                if answer.status == 200:
-                    return
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(f"{process.url}/healthz", timeout=1) as answer,
+        ):
+            if answer.status == 200:
+                return
         time.sleep(0.05)
     process.stop()
     raise ProcessError(f"{process.name} did not answer /healthz: {process.stderr_tail()}")

@@ -37,12 +37,12 @@ def judge(ok: bool) -> str:
 
 
 def spread(values: Sequence[float], fmt: str = "{:.2f}", unit: str = "") -> str:
-    """`min–max (n runs)`, or `1 run` when there is nothing to compare."""
+    """`min-max (n runs)`, or `1 run` when there is nothing to compare."""
     if not values:
         return "—"
     if len(values) == 1:
         return "1 run"
-    return f"{fmt.format(min(values))}–{fmt.format(max(values))}{unit} over {len(values)} runs"
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}{unit} over {len(values)} runs"
 
 
 def median(values: Sequence[float]) -> float:
@@ -67,7 +67,11 @@ def machine() -> dict[str, str]:
         platform.processor() or "unknown",
     )
     mem_kib = next(
-        (int(x.split()[1]) for x in _read("/proc/meminfo").splitlines() if x.startswith("MemTotal")),
+        (
+            int(x.split()[1])
+            for x in _read("/proc/meminfo").splitlines()
+            if x.startswith("MemTotal")
+        ),
         0,
     )
     wrk = shutil.which("wrk")

@@ -31,7 +31,7 @@ def section(facts: dict[str, Any]) -> str:
         lines.append(
             f"- **CPU per evaluation**: {cpu * 1000:.2f} ms of bot CPU per complete decision, "
             f"≈{decisions_per_s:,.0f} decisions/s on one core — "
-            f"{decisions_per_s / (limit_decisions / 60):,.0f}× what one token may ask of "
+            f"{decisions_per_s / (limit_decisions / 60):,.0f}x what one token may ask of "
             "GitLab.com. The event loop is single-threaded: one process uses one core."
         )
     if rps:

@@ -126,8 +126,10 @@ async def test_after_a_restart_the_note_is_found_not_reposted(
     await evaluate_mr(first)
     assert len(writes(gitlab)[0]) == 1
 
-    second = await start_bot(policy_dir=folder)  # a new process knows nothing of the note
     gitlab.reset_calls()
+    # A new process knows nothing of the note; its start-up sweep (the project is remembered in
+    # the state dir) or the next delivery finds it by reading the notes once.
+    second = await start_bot(policy_dir=folder)
     await evaluate_mr(second)
     assert writes(gitlab) == ([], [])
     assert len(gitlab.calls_to("GET", NOTES)) == 1

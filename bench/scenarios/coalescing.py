@@ -46,7 +46,9 @@ async def run(h: Harness) -> None:
     iids = iter(h.ranges.coalescing)
     await control.set_latency(GITLAB_LATENCY)
     paced = [await _burst(h, bot.url, control, next(iids), True) for _ in range(repeats)]
-    burst = [] if quick else [await _burst(h, bot.url, control, next(iids), False) for _ in range(2)]
+    burst = (
+        [] if quick else [await _burst(h, bot.url, control, next(iids), False) for _ in range(2)]
+    )
     await control.set_latency(0.0)
     worst = max(paced)
     notes = [
@@ -55,15 +57,13 @@ async def run(h: Harness) -> None:
         "evaluations counted as reads of the MR at the fake."
     ]
     if burst:
-        notes.append(
-            f"All {DELIVERIES} at once instead: {', '.join(map(str, burst))} evaluations."
-        )
+        notes.append(f"All {DELIVERIES} at once instead: {', '.join(map(str, burst))} evaluations.")
     h.figures.append(
         Figure(
             name="coalescing",
             measured=f"{median(paced):.0f} evaluations for {DELIVERIES} deliveries in {WINDOW:g} s",
             baseline=f"without coalescing: {DELIVERIES}",
-            ratio=f"{median(paced) / DELIVERIES:.2f}× deliveries",
+            ratio=f"{median(paced) / DELIVERIES:.2f}x deliveries",
             spread=spread(paced, "{:.0f}", " evaluations"),
             target=f"≤ {MAX_EVALUATIONS} evaluations",
             verdict=judge(worst <= MAX_EVALUATIONS),
@@ -91,7 +91,7 @@ async def _decision_cpu(h: Harness, bot: Process, control: FakeControl) -> None:
             name="bot CPU per decision",
             measured=f"{cpu * 1000:.2f} ms CPU",
             baseline=f"bare app per delivery {bare * 1000:.2f} ms" if bare else "—",
-            ratio=f"{cpu / bare:.1f}× bare delivery" if bare else "—",
+            ratio=f"{cpu / bare:.1f}x bare delivery" if bare else "—",
             spread="1 run",
             target="report",
             verdict="report",

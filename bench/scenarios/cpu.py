@@ -53,7 +53,7 @@ def typical_mr() -> MergeRequestFacts:
         changed_files=tuple(files),
         approved_by=(User(3, "carol"), User(2, "bob")),
         commits=tuple(
-            Commit("%040x" % n, f"feat(auth): step {n}\n\nSigned-off-by: Alice <a@example.com>")
+            Commit(f"{n:040x}", f"feat(auth): step {n}\n\nSigned-off-by: Alice <a@example.com>")
             for n in range(3)
         ),
         unresolved_threads=0,
@@ -65,8 +65,9 @@ def typical_mr() -> MergeRequestFacts:
 def time_policy(policy: Policy, facts: MergeRequestFacts, budget: float) -> list[float]:
     """Seconds per evaluation, five measurements of about `budget`/5 seconds each."""
     timer = timeit.Timer(lambda: evaluate(policy, facts))
-    number, elapsed = timer.autorange()
-    number = max(1, int(number * (budget / 5) / max(elapsed, 1e-9)))
+    probe = 20
+    elapsed = timer.timeit(probe)
+    number = max(1, int(probe * (budget / 5) / max(elapsed, 1e-9)))
     return [t / number for t in timer.repeat(repeat=5, number=number)]
 
 
@@ -93,9 +94,9 @@ async def run(h: Harness) -> None:
             name="evaluation CPU",
             measured=f"{total * 1e6:.0f} µs for all {len(policies)} shipped policies",
             baseline=f"title-only policy {baseline * 1e6:.1f} µs",
-            ratio=f"{total / len(policies) / baseline:.1f}× baseline per policy",
+            ratio=f"{total / len(policies) / baseline:.1f}x baseline per policy",
             spread=(
-                f"baseline {min(baseline_times) * 1e6:.1f}–{max(baseline_times) * 1e6:.1f} µs "
+                f"baseline {min(baseline_times) * 1e6:.1f}-{max(baseline_times) * 1e6:.1f} µs "
                 "over 5 runs"
             ),
             target="report",

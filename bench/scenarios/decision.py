@@ -17,7 +17,7 @@ import aiohttp
 
 from bench.harness import FakeControl, Harness, mr_calls, read_rounds
 from bench.load import body_for, delivery_headers, payload_template
-from bench.report import Figure, judge, median, spread
+from bench.report import Figure, judge, median
 
 LATENCIES = (0.02, 0.05)
 SETTLE = 0.15  # quiet time after which an evaluation counts as over
@@ -98,9 +98,7 @@ async def _ideal_sample(
         get(""), get("/status_checks"), get("/diffs"), get("/approvals")
     )
     body = {"external_status_check_id": checks[0]["id"], "sha": mr["sha"], "status": "passed"}
-    async with session.post(
-        f"{base}/status_check_responses", json=body, headers=headers
-    ) as answer:
+    async with session.post(f"{base}/status_check_responses", json=body, headers=headers) as answer:
         answer.raise_for_status()
     post = await _wait_post(control, mark, iid)
     return post["finished"] - sent
@@ -132,8 +130,8 @@ async def run(h: Harness) -> None:
                     name=f"decision latency, L = {latency * 1000:.0f} ms",
                     measured=f"median {med:.0f} ms (max {max(values):.0f})",
                     baseline=f"ideal client {ideal_med:.0f} ms",
-                    ratio=f"{med / ideal_med:.2f}× ideal" if ideal_med else "—",
-                    spread=f"{min(values):.0f}–{max(values):.0f} ms over {len(values)} MRs",
+                    ratio=f"{med / ideal_med:.2f}x ideal" if ideal_med else "—",
+                    spread=f"{min(values):.0f}-{max(values):.0f} ms over {len(values)} MRs",
                     target=f"median ≤ {target:.0f} ms",
                     verdict=judge(med <= target),
                     notes=[
@@ -162,10 +160,10 @@ async def run(h: Harness) -> None:
                 f"unchanged: {median(unchanged_reads):.0f} reads + {max(unchanged_writes)} writes"
             ),
             baseline="ideal: 4 reads in 1 round + 1 write; unchanged: 4 reads + 0 writes",
-            ratio=f"{(median(reads) + median(writes)) / 5:.2f}× ideal requests",
+            ratio=f"{(median(reads) + median(writes)) / 5:.2f}x ideal requests",
             spread=(
-                f"reads {min(reads)}–{max(reads)}, rounds {min(rounds)}–{max(rounds)}, "
-                f"writes {min(writes)}–{max(writes)} over {len(economy)} decisions"
+                f"reads {min(reads)}-{max(reads)}, rounds {min(rounds)}-{max(rounds)}, "
+                f"writes {min(writes)}-{max(writes)} over {len(economy)} decisions"
             ),
             target="≤ 1 read round (+ pagination) and 1 write; 0 writes unchanged",
             verdict=judge(ok),

@@ -48,7 +48,7 @@ def _evaluations(stats: dict) -> int:
 
 
 async def run(h: Harness) -> None:
-    fake, bot, control = await h.main()
+    _fake, bot, control = await h.main()
     bare = await h.bare()
     quick = h.options.quick
     duration = 1.0 if quick else h.options.duration
@@ -99,9 +99,9 @@ async def run(h: Harness) -> None:
             name="intake throughput",
             measured=f"{median(bot_rps):,.0f} deliveries/s",
             baseline=f"bare app {median(bare_rps):,.0f}/s",
-            ratio=f"{ratio:.2f}× bare",
-            spread=spread(ratios, "{:.2f}", "×"),
-            target=f"≥ {THROUGHPUT_TARGET} × bare",
+            ratio=f"{ratio:.2f}x bare",
+            spread=spread(ratios, "{:.2f}", "x"),
+            target=f"≥ {THROUGHPUT_TARGET} x bare",
             verdict=judge(ratio >= THROUGHPUT_TARGET and bad == 0),
             notes=[
                 f"{tool}, {CONNECTIONS} connections as fast as they are answered, {duration:g} s "
@@ -129,7 +129,7 @@ async def run(h: Harness) -> None:
             name="intake latency",
             measured=f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
             baseline=f"bare app p50 {bare_p50:.1f} ms, p99 {bare_p99:.1f} ms",
-            ratio=f"p99 {p99 / bare_p99:.2f}× bare" if bare_p99 else "—",
+            ratio=f"p99 {p99 / bare_p99:.2f}x bare" if bare_p99 else "—",
             spread=spread(p99s, "{:.1f}", " ms (p99)"),
             target=f"p99 ≤ {P99_TARGET_MS:g} ms",
             verdict=judge(p99 <= P99_TARGET_MS),

@@ -70,7 +70,7 @@ async def run(h: Harness) -> None:
             name=f"memory, {count:,} MRs queued",
             measured=f"{loaded / mib:.0f} MiB RSS (peak {peak / mib:.0f})",
             baseline=f"same bot idle {idle / mib:.0f} MiB",
-            ratio=f"{loaded / idle:.2f}× idle",
+            ratio=f"{loaded / idle:.2f}x idle",
             spread="1 run",
             target="≤ 150 MB at 10,000",
             verdict=judge(projected <= LIMIT_BYTES),
@@ -79,11 +79,7 @@ async def run(h: Harness) -> None:
                 f"GitLab takes {SLOW_GITLAB:g} s per answer, so they wait in the queue "
                 f"(queue depth from /metrics: {depth if depth is not None else 'n/a'}). "
                 f"{per_mr:,.0f} bytes per queued MR"
-                + (
-                    f"; projected to 10,000: {projected / mib:.0f} MiB."
-                    if count != 10_000
-                    else "."
-                )
+                + (f"; projected to 10,000: {projected / mib:.0f} MiB." if count != 10_000 else ".")
             ],
         )
     )

@@ -53,7 +53,10 @@ async def _sweep_event(bot: Process, limit: float) -> dict[str, Any]:
 
 async def _one(h: Harness, size: int) -> dict[str, Any]:
     fake = await h.start(
-        start_fake, name=f"fake-sweep-{size}", seed_mrs=size, checks=[BENCH_CHECK],
+        start_fake,
+        name=f"fake-sweep-{size}",
+        seed_mrs=size,
+        checks=[BENCH_CHECK],
         seed_status="passed",
     )
     bot = None
@@ -137,7 +140,7 @@ async def run(h: Harness) -> None:
             name="sweep cost",
             measured=measured,
             baseline=f"{smallest['size']} MRs: {per_mr_time[0] * 1000:.1f} ms/MR",
-            ratio=f"{per_mr_time[-1] / per_mr_time[0]:.2f}× time/MR at {largest['size']:,}",
+            ratio=f"{per_mr_time[-1] / per_mr_time[0]:.2f}x time/MR at {largest['size']:,}",
             spread="1 run per size",
             target="linear; report requests/MR",
             verdict=judge(linear and clean and covered),
