@@ -60,22 +60,27 @@ def section(facts: dict[str, Any]) -> str:
         "",
         "What would be shared, and how to shard:",
         "",
-        "- **Coalescing must be per MR**, so all deliveries for one MR must reach the same "
-        "instance. Shard by project id (every MR belongs to one project) with a consistent hash "
-        "at the load balancer. GitLab's deliveries carry the project id only in the body, so "
-        "give each project's webhook and status checks a URL the balancer can hash on, e.g. "
-        "`/webhook?project=123` (the `register` command writes the URLs), or run one "
-        "instance per group and point each group's hooks at it.",
+        "- **Two things would have to be shared** if any instance could receive any delivery: "
+        "the **per-MR coalescing queue** (otherwise a burst for one MR is evaluated once per "
+        "instance, and two instances can post for the same MR at once: it would need a shared "
+        "set of queued keys with a lease per running key, e.g. in Redis or PostgreSQL) and the "
+        "**decision record** (one database instead of SQLite per `STATE_DIR`, for `history`, "
+        "the details page and the sweep's remembered projects). Both are keyed by project and "
+        "MR, so sharding by project removes the need to share either.",
+        "- **Shard by project id** (every MR belongs to one project) with a consistent hash at "
+        "the load balancer, so all deliveries for one MR reach the same instance. GitLab's "
+        "deliveries carry the project id only in the body, so give each project's webhook and "
+        "status checks a URL the balancer can hash on, e.g. `/webhook?project=123` (the bot "
+        "routes on the path, so it accepts such URLs as they are; `register` would have to "
+        "write one per project), or run one instance per group and point that group's hooks at "
+        "it. Adding a shard moves only 1/N of the projects; their next delivery (or the new "
+        "shard's sweep, once they are in its `PROJECTS`) picks them up, and the old shard's "
+        "record keeps their history.",
         "- **The sweep is partitioned the same way**: each instance sweeps only the projects "
         "that hash to it (its own `PROJECTS`), so no MR is swept twice.",
-        "- **The decision record** (SQLite in `STATE_DIR`) is per instance and keyed by "
-        "project, so it shards with the projects; a shared record (one database) is only "
-        "needed for a single `history` view across shards, or to move projects between shards "
-        "without losing their history.",
-        "- **Shared nothing else**: the per-MR queue can stay in memory because a restart is "
-        "healed by the start-up sweep (principle 4). A shared queue (Redis, a database) would "
-        "only buy a faster hand-over when a shard dies, at the cost of a network hop per "
-        "delivery.",
+        "- **Before a second machine, a second process**: one process uses one core, and "
+        "evaluations take intake's CPU (see the intake rows); splitting intake and evaluation "
+        "into two processes on the same machine is the cheaper first step.",
         "- **Separate tokens per shard** (one bot user each) multiply GitLab's per-user rate "
         "limit; on a self-managed GitLab the instance's own capacity is then the limit.",
     ]

@@ -89,11 +89,16 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     queue: CoalescingQueue[MRKey | BranchKey] = CoalescingQueue(
         app[METRICS].timed(lambda key, hint: evaluator(key, hint)), workers=settings.workers
     )
-    evaluator = Evaluator(app[GITLAB], lambda: store.current, submit=queue.submit)
+    record = app[RECORD]
+    evaluator = Evaluator(
+        app[GITLAB],
+        lambda: store.current,
+        submit=queue.submit,
+        last_posted=lambda key, check: record.last_posted(key.project_id, key.iid, check),
+    )
     app[QUEUE] = queue
     app[EVALUATOR] = evaluator
     _observe(app, queue, evaluator)
-    record = app[RECORD]
     evaluator.listeners.append(record.record)
     evaluator.evaluation_listeners.append(
         lambda key, facts, decisions: record.remember_project(facts.project_id, facts.project_path)

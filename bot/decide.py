@@ -22,11 +22,12 @@ from bot.gitlab import GitLab, GitLabError
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
 from bot.policy import evaluate
-from bot.policy.model import Policy, PolicySet, Verdict
+from bot.policy.model import MissingFactError, Outcome, Policy, PolicySet, Verdict
 
 log = get_logger(__name__)
 
 MAX_RETRY_DELAY = 300.0
+DEFERRED_RETRY = 30.0  # seconds before a failure deferred for an unknown GitLab version is retried
 POSTED_MEMORY = 100_000
 
 
@@ -41,7 +42,7 @@ class Decision:
     check_id: int
     verdict: Verdict
     gitlab_status: str
-    action: str  # posted | unchanged | not_reportable | stale
+    action: str  # posted | unchanged | not_reportable | deferred | stale
     policy: Policy
     trigger: str
     at: dt.datetime
@@ -54,13 +55,33 @@ DecisionListener = Callable[[Decision], Awaitable[None] | None]
 EvaluationListener = Callable[[MRKey, MergeRequestFacts, list[Decision]], Awaitable[None] | None]
 
 
-def status_shown(verdict: Verdict, gitlab_status: str, *, reports_failures: bool) -> bool:
+def status_shown(verdict: Verdict, gitlab_status: str) -> bool:
     """Whether GitLab already shows this verdict (14.x shows `approved` for a passed check)."""
     if verdict.status == "passed":
         return gitlab_status in ("passed", "approved")
-    if reports_failures:
-        return gitlab_status == "failed"
-    return gitlab_status != "approved"
+    return gitlab_status == "failed"
+
+
+def action_for(verdict: Verdict, gitlab_status: str, reports_failures: bool | None) -> str:
+    """What to do about one verdict. `reports_failures` is None while GitLab's version is
+    unknown: a failure then waits, because GitLab 14.x would read any POST as an approval."""
+    if status_shown(verdict, gitlab_status):
+        return "unchanged"
+    if verdict.status == "failed" and reports_failures is False:
+        return "not_reportable"
+    if verdict.status == "failed" and reports_failures is None:
+        return "deferred"
+    return "posted"
+
+
+def reports_failures(gitlab: GitLab, listed: Sequence[dict[str, Any]]) -> bool | None:
+    """Whether GitLab can show a failed check: known from its version, or inferred from a
+    listed `approved` (only 14.x says that); None when neither tells."""
+    if gitlab.detected_version is not None:
+        return gitlab.reports_failures
+    if any(check.get("status") == "approved" for check in listed):
+        return False
+    return None
 
 
 def _hint_facts(key: MRKey, hint: Hint | None) -> MergeRequestFacts | None:
@@ -91,6 +112,33 @@ def applies(policy: Policy, facts: MergeRequestFacts, *, unknown: bool = True) -
     return True
 
 
+def judge(policy: Policy, facts: MergeRequestFacts) -> Verdict:
+    """`evaluate`, except that a policy needing a fact GitLab refused to give fails with what
+    GitLab said, instead of the check staying pending (DESIGN principle 5)."""
+    refused = [name for name in policy.needs.describe() if name in facts.unreadable]
+    if not refused:
+        try:
+            return evaluate(policy, facts)
+        except MissingFactError as exc:  # a fetching bug: say so rather than stay pending
+            log.error("missing_fact", check=policy.check, error=str(exc))
+            return _cannot_judge(policy, f"cannot judge: {exc}")
+    reason = "; ".join(f"cannot read {name}: {facts.unreadable[name]}" for name in refused)
+    return _cannot_judge(policy, reason)
+
+
+def _cannot_judge(policy: Policy, reason: str) -> Verdict:
+    advisory = policy.mode == "advisory"
+    fix = "let the bot's token read this (see the reason), then comment /recheck"
+    outcome = Outcome(policy.check, False, reason, fix=fix)
+    return Verdict(
+        policy.check,
+        "passed" if advisory else "failed",
+        f"advisory: would fail: {reason}" if advisory else reason,
+        advisory=advisory,
+        outcome=outcome,
+    )
+
+
 def needs_of(policies: Sequence[Policy]) -> FactNeeds:
     needs = NO_NEEDS
     for policy in policies:
@@ -109,6 +157,7 @@ class Evaluator:
         submit: Callable[[MRKey, Hint], Any],
         groups: GroupDirectory | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        last_posted: Callable[[MRKey, str], Awaitable[tuple[str, str] | None]] | None = None,
     ) -> None:
         self.gitlab = gitlab
         self.policies = policies
@@ -117,12 +166,17 @@ class Evaluator:
         self.clock = clock
         self.listeners: list[DecisionListener] = []
         self.retry_base = 5.0  # seconds before re-evaluating after a transient GitLab failure
+        self.deferred_retry = DEFERRED_RETRY
         self.evaluation_listeners: list[EvaluationListener] = []
         self._known_checks: dict[int, frozenset[str]] = {}
         self._failures: dict[MRKey, int] = {}
         self._warned: set[tuple[int, int | None, str]] = set()
         # What this process last posted per (MR, check): (sha, status). Bounded, oldest dropped.
         self._posted: dict[tuple[MRKey, str], tuple[str, str]] = {}
+        # Before a restart: what the decision record says the bot posted.
+        self.last_posted = last_posted
+        # Consecutive 409s per MR: the first re-evaluation is immediate, later ones back off.
+        self._head_moves: dict[MRKey, int] = {}
 
     # -- the queue's entry point --------------------------------------------------------------
 
@@ -179,6 +233,8 @@ class Evaluator:
         if not policy_set.policies:
             log.warning("no_policies", key=str(key))
             return None
+        if self.gitlab.detected_version is None:
+            await self.gitlab.detect_version()  # how failures are reported depends on it
         prefetch = self._prefetch_needs(policy_set, key, hint)
         mr, listed, optional = await asyncio.gather(
             self.gitlab.merge_request(key.project_id, key.iid),
@@ -212,14 +268,25 @@ class Evaluator:
             log.debug("second_read_round", needs=missing.describe(), **log_ctx)
             more = await read_optional(self.gitlab, self.groups, key.project_id, key.iid, missing)
             facts = merge_facts(facts, more)
-        decisions = await self._decide(key, facts, matched, trigger)
+        decisions = await self._decide(key, facts, matched, trigger, listed)
         if decisions is None:
-            return 0.0  # the head moved under us: look again at once
+            # The head moved under us: look again at once, and back off if it keeps happening
+            # (an inconsistent MR must not burn the rate limit in a tight loop).
+            moves = self._head_moves.get(key, 0) + 1
+            self._head_moves[key] = moves
+            if len(self._head_moves) > POSTED_MEMORY:
+                del self._head_moves[next(iter(self._head_moves))]
+            return 0.0 if moves == 1 else min(MAX_RETRY_DELAY, 0.5 * 2 ** (moves - 2))
+        self._head_moves.pop(key, None)
         await self._notify_evaluation(key, facts, decisions)
-        wakes = [d.verdict.wake_at for d in decisions if d.verdict.wake_at is not None]
-        if wakes:
-            return max(1.0, (min(wakes) - facts.now).total_seconds() + 1.0)
-        return None
+        delays = [
+            max(1.0, (d.verdict.wake_at - facts.now).total_seconds() + 1.0)
+            for d in decisions
+            if d.verdict.wake_at is not None
+        ]
+        if any(d.action == "deferred" for d in decisions):
+            delays.append(self.deferred_retry)
+        return min(delays) if delays else None
 
     def _prefetch_needs(self, policy_set: PolicySet, key: MRKey, hint: Hint | None) -> FactNeeds:
         """The optional facts the policies that probably apply will read (hints are guesses)."""
@@ -236,20 +303,16 @@ class Evaluator:
         facts: MergeRequestFacts,
         matched: list[tuple[dict[str, Any], Policy]],
         trigger: str,
+        listed: Sequence[dict[str, Any]],
     ) -> list[Decision] | None:
-        reports_failures = self.gitlab.reports_failures
+        can_fail = reports_failures(self.gitlab, listed)
         decisions: list[Decision] = []
         posts: list[tuple[Decision, Awaitable[None]]] = []
         for check, policy in matched:
-            verdict = evaluate(policy, facts)
+            verdict = judge(policy, facts)
             shown = str(check.get("status") or "pending")
-            if status_shown(verdict, shown, reports_failures=reports_failures):
-                action = "unchanged"
-            elif verdict.status == "failed" and not reports_failures:
-                action = "not_reportable"
-            else:
-                action = "posted"
-            tampered = action == "posted" and self._looks_forged(
+            action = action_for(verdict, shown, can_fail)
+            tampered = action == "posted" and await self._looks_forged(
                 key, policy.check, facts.sha, shown
             )
             decision = Decision(
@@ -296,15 +359,26 @@ class Evaluator:
             raise errors[0]
         return decisions
 
-    def _looks_forged(self, key: MRKey, check: str, sha: str, shown: str) -> bool:
-        """GitLab shows a verdict for this SHA that differs from what we posted for it, or one we
-        never posted (a `passed` nobody here decided). Memory starts empty at each start."""
+    async def _looks_forged(self, key: MRKey, check: str, sha: str, shown: str) -> bool:
+        """GitLab shows a verdict for this SHA that differs from what the bot posted for it, or
+        a `passed` the bot never posted. What was posted before a restart comes from the
+        decision record."""
         if shown not in ("passed", "failed", "approved"):
             return False
         last = self._posted.get((key, check))
-        if last is None:
+        if last is None and self.last_posted is not None:
+            try:
+                last = await self.last_posted(key, check)
+            except Exception:
+                log.exception("decision_record_unreadable")
+        if last is None or last[0] != sha:
+            # Nothing posted for this SHA. A `failed` is no sign of tampering: GitLab 16.6+
+            # turns a check left pending into `failed` by itself.
             return shown in ("passed", "approved")
-        return last[0] == sha and last[1] != shown
+        posted = last[1]
+        if posted == "passed" and shown == "approved":
+            return False
+        return posted != shown
 
     def _remember_post(self, decision: Decision) -> None:
         status = decision.verdict.status
@@ -348,6 +422,7 @@ class Evaluator:
             **where,
             project_id=decision.key.project_id,
             policy=decision.policy.path,
+            policy_digest=decision.policy.digest[:12],
             verdict=verdict.status,
             applicable=verdict.applicable,
             advisory=verdict.advisory,

@@ -207,7 +207,8 @@ def display_tree(outcome: dict[str, Any] | None) -> list[dict[str, Any]]:
 
     if not outcome:
         return []
-    return [node(child, True) for child in outcome.get("children") or []]
+    # A policy that does not apply (or passes) has nothing to fix: fixes only under a failure.
+    return [node(child, not outcome.get("passed")) for child in outcome.get("children") or []]
 
 
 def _safe_url(url: Any) -> str | None:

@@ -19,11 +19,11 @@ from typing import Any, TextIO
 import aiohttp
 
 from bot.config import Settings
-from bot.decide import applies, needs_of
+from bot.decide import applies, judge, needs_of
 from bot.facts import MergeRequestFacts
 from bot.fetch import GroupDirectory, base_facts, merge_facts, read_optional
 from bot.gitlab import GitLab, GitLabError
-from bot.policy import evaluate, render_verdict
+from bot.policy import render_verdict
 from bot.policy.model import PolicyLoadError, Verdict
 from bot.policy.registry import listing, plural
 from bot.policy_store import PolicyStore
@@ -202,10 +202,12 @@ async def _explain(
     )
     for line in describe_facts(reading):
         print(f"  {line}", file=out)
+    for name, advice in sorted(facts.unreadable.items()):
+        print(f"  could not read {name}: {advice}", file=out)
     shown = {str(c.get("name")): str(c.get("status")) for c in reading.listed or []}
     verdicts = []
     for policy in policy_set.policies:
-        verdict = evaluate(policy, facts)
+        verdict = judge(policy, facts)
         verdicts.append(verdict)
         if reading.listed is None:
             where = "status checks not readable"

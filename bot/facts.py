@@ -123,5 +123,8 @@ class MergeRequestFacts:
     unresolved_threads: int | None = None
     # Group full path (lower case) -> usernames (lower case), for the groups the policies name.
     group_members: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Optional facts GitLab refused to give (403/404...): fact name (as FactNeeds.describe()
+    # names it) -> what GitLab said. Policies needing them fail with that as the reason.
+    unreadable: Mapping[str, str] = field(default_factory=dict)
     # The evaluation's clock, so time-based rules are deterministic and testable.
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))

@@ -165,6 +165,15 @@ async def _untruncated(
     return changes, False
 
 
+# read_optional's job names -> the fact names FactNeeds.describe() uses.
+_FACT_NAMES = {
+    "changed_files": "diffs",
+    "approved_by": "approvals",
+    "commits": "commits",
+    "unresolved_threads": "discussions",
+}
+
+
 async def read_optional(
     gitlab: GitLab, groups: GroupDirectory, project_id: int, iid: int, needs: FactNeeds
 ) -> dict[str, Any]:
@@ -183,8 +192,21 @@ async def read_optional(
         jobs[f"group:{group}"] = groups.members(group)
     if not jobs:
         return {}
-    results = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+    answers = await asyncio.gather(*jobs.values(), return_exceptions=True)
+    results: dict[str, Any] = {}
+    unreadable: dict[str, str] = {}
+    for job, answer in zip(jobs, answers, strict=True):
+        if isinstance(answer, GitLabError) and not answer.transient:
+            # A refusal (403, 404...) will not go away by asking again: judge the policies that
+            # need this fact as failed with GitLab's answer, and every other policy as usual.
+            unreadable[_FACT_NAMES.get(job, job.replace("group:", "members of "))] = answer.advice()
+        elif isinstance(answer, BaseException):
+            raise answer  # transient: the whole evaluation is retried later
+        else:
+            results[job] = answer
     fields: dict[str, Any] = {}
+    if unreadable:
+        fields["unreadable"] = unreadable
     if "changed_files" in results:
         entries, truncated = results["changed_files"]
         if truncated:
@@ -204,8 +226,9 @@ async def read_optional(
         )
     if "unresolved_threads" in results:
         fields["unresolved_threads"] = _unresolved_threads(results["unresolved_threads"])
-    if group_names:
-        fields["group_members"] = {g.lower(): results[f"group:{g}"] for g in group_names}
+    readable_groups = [g for g in group_names if f"group:{g}" in results]
+    if readable_groups:
+        fields["group_members"] = {g.lower(): results[f"group:{g}"] for g in readable_groups}
     return fields
 
 
@@ -213,8 +236,8 @@ def merge_facts(facts: MergeRequestFacts, *optional: Mapping[str, Any]) -> Merge
     fields: dict[str, Any] = {}
     for part in optional:
         for name, value in part.items():
-            if name == "group_members":
-                fields[name] = {**fields.get(name, facts.group_members), **value}
+            if name in ("group_members", "unreadable"):
+                fields[name] = {**fields.get(name, getattr(facts, name)), **value}
             else:
                 fields[name] = value
     return dataclasses.replace(facts, **fields) if fields else facts

@@ -62,8 +62,11 @@ class PolicyStore:
         except OSError as exc:
             log.error("policy_reload_failed", problems=[str(exc)], serving=self.current.digest[:12])
             return False
+        recovered = self.last_error is not None
         self.last_error = None
         if policies.digest == self.current.digest:
+            if recovered:
+                log.info("policies_restored", digest=policies.digest[:12])
             return False
         self.current = policies
         self.loaded = True

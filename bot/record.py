@@ -99,6 +99,25 @@ _UPSERT_PROJECT = (
 )
 
 
+def _repeats_latest(conn: sqlite3.Connection, decision: Decision) -> bool:
+    """A `not_reportable` verdict (GitLab 14.x cannot show failures) is the same on every
+    evaluation of a failing MR: keep one history row per SHA and verdict, not one per sweep."""
+    if decision.action != "not_reportable":
+        return False
+    row = conn.execute(
+        "SELECT 1 FROM latest WHERE project_id = ? AND iid = ? AND check_name = ? AND sha = ? "
+        "AND verdict = ? AND action = 'not_reportable'",
+        (
+            decision.key.project_id,
+            decision.key.iid,
+            decision.check,
+            decision.sha,
+            decision.verdict.status,
+        ),
+    ).fetchone()
+    return row is not None
+
+
 class StateError(Exception):
     """STATE_DIR or its database cannot be used; the message is the one line the operator sees."""
 
@@ -350,7 +369,7 @@ class DecisionRecord:
 
         def write(conn: sqlite3.Connection) -> None:
             values = decision_values(decision)
-            if decision.action in RECORDED_ACTIONS:
+            if decision.action in RECORDED_ACTIONS and not _repeats_latest(conn, decision):
                 conn.execute(_INSERT_DECISION, values)
             conn.execute(_UPSERT_LATEST, values)
 
@@ -386,6 +405,15 @@ class DecisionRecord:
                 return self._reader.execute(sql, params).fetchall()
 
         return await asyncio.to_thread(run)
+
+    async def last_posted(self, project_id: int, iid: int, check: str) -> tuple[str, str] | None:
+        """(sha, verdict) of the newest verdict the bot posted for this check of this MR."""
+        rows = await self._read(
+            "SELECT sha, verdict FROM decisions WHERE project_id = ? AND iid = ? "
+            "AND check_name = ? AND action = 'posted' ORDER BY id DESC LIMIT 1",
+            (project_id, iid, check),
+        )
+        return (str(rows[0]["sha"]), str(rows[0]["verdict"])) if rows else None
 
     async def known_projects(self) -> list[tuple[int, str]]:
         """Every project the bot has evaluated, as (id, path), ordered by id."""

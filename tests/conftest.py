@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,15 @@ from tests.fakegitlab import FakeGitLab
 
 TOKEN = "test-token-0123456789"
 WEBHOOK_SECRET = "hook-secret-abcdef"
+
+
+async def eventually(condition: Callable[[], bool], limit: float = 15.0) -> None:
+    """Wait until `condition()` holds (polling: the fake GitLab's state has no events)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {limit} s")
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)

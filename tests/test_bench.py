@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from bench.harness import read_rounds
+import aiohttp
+
+from bench.harness import FakeControl, mr_calls, read_rounds
 from bench.report import END, START, write_into
+from tests.fakegitlab import FakeGitLab, seed
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = (
     "intake throughput",
+    "intake throughput, one MR",
     "intake latency",
     "decision latency, L = 20 ms",
     "API economy",
     "coalescing",
     "bot CPU per decision",
-    "memory, 1,000 MRs queued",
+    "memory, 500 MRs queued",
     "sweep cost",
     "evaluation CPU",
 )
@@ -63,3 +68,26 @@ def test_results_block_replaced_and_prose_kept(tmp_path: Path) -> None:
     text = path.read_text()
     assert "prose before" in text and "prose after" in text
     assert "new table" in text and "old" not in text
+
+
+async def test_fake_control_endpoints_the_benchmark_reads(gitlab: FakeGitLab) -> None:
+    """Timestamps, latency and pre-set statuses, as another process sees them."""
+    seed(gitlab, 3, ["bench-review"], "http://bot/webhook", status="passed")
+    assert gitlab.statuses(1, 2) == {"bench-review": "passed"}
+    headers = {"PRIVATE-TOKEN": gitlab.token}
+    async with aiohttp.ClientSession() as session:
+        control = FakeControl(session, gitlab.url)
+        await control.set_latency(0.05)
+        mark = await control.mark()
+        before = time.monotonic()
+        async with session.get(f"{gitlab.api_url}/projects/1/merge_requests/2", headers=headers):
+            pass
+        calls = mr_calls(await control.calls(mark), 2)
+        await control.set_latency(0.0)
+    assert [(c["method"], c["path"]) for c in calls] == [
+        ("GET", "/api/v4/projects/1/merge_requests/2")
+    ]
+    # Same clock as ours (CLOCK_MONOTONIC), and the added latency is in the answer time.
+    assert before <= calls[0]["started"] < calls[0]["finished"]
+    assert calls[0]["finished"] - calls[0]["started"] >= 0.05
+    assert gitlab.latency == 0.0

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from bot.app import EVALUATOR
 from tests import payloads
-from tests.conftest import TOKEN, WEBHOOK_SECRET, Bot, write_policies
+from tests.conftest import TOKEN, WEBHOOK_SECRET, Bot, eventually, write_policies
 from tests.fakegitlab import FakeGitLab
 
 SHA = "1" * 40
@@ -379,11 +380,34 @@ async def test_version_endpoint_failing_is_tolerated(
     gitlab: FakeGitLab, start_bot: Callable[..., Any]
 ) -> None:
     seed(gitlab)
-    gitlab.fail(500, times=10, path_contains="/version")
+    # Unknown at start and at the first evaluation: GitLab could be 14.x, where any POST means
+    # "approved", so the failure waits; the passing verdict can be posted either way.
+    gitlab.fail(500, times=2, path_contains="/version")
     bot = await start_bot()
+    bot.app[EVALUATOR].deferred_retry = 0.3
     await bot.deliver(payloads.merge_request_hook(sha=SHA))
     await bot.settle()
-    assert gitlab.check_status(1, 1, "pipeline-green") == "failed"
+    assert gitlab.check_status(1, 1, "conventional-title") == "passed"
+    assert gitlab.check_status(1, 1, "pipeline-green") == "pending"
+    await eventually(lambda: gitlab.check_status(1, 1, "pipeline-green") == "failed", 5)
+    assert len(gitlab.calls_to("GET", "/version")) == 3
+
+
+async def test_an_approved_status_reveals_gitlab_14_when_the_version_is_unknown(
+    policy_dir: Path, start_bot: Callable[..., Any]
+) -> None:
+    async with FakeGitLab(version="14.5.0", token=TOKEN) as fake:
+        seed(fake)
+        fake.fail(500, times=100, path_contains="/version")
+        bot = await start_bot(gitlab_url=fake.url)
+        await bot.deliver(payloads.merge_request_hook(sha=SHA))
+        await bot.settle()
+        assert fake.check_status(1, 1, "conventional-title") == "approved"
+        assert fake.check_status(1, 1, "pipeline-green") == "pending"
+        await bot.deliver(payloads.merge_request_hook(sha=SHA))
+        await bot.settle()
+        # The listed `approved` says 14.x: the failure is not reportable, never posted.
+        assert len(fake.status_posts()) == 1
 
 
 async def test_health_and_readiness(gitlab: FakeGitLab, bot: Bot) -> None:
@@ -392,3 +416,49 @@ async def test_health_and_readiness(gitlab: FakeGitLab, bot: Bot) -> None:
     async with bot.session.get(f"{bot.url}/readyz") as resp:
         assert resp.status == 200
         assert (await resp.json())["policies"] == 2
+
+
+async def test_a_refused_fact_fails_only_the_checks_that_need_it(
+    gitlab: FakeGitLab,
+    start_bot: Callable[..., Any],
+    policy_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write_policies(
+        policy_dir,
+        {
+            "ops.yml": """
+                check: ops-approval
+                require:
+                  - approvals: {count: 1, from: {groups: [acme/operations]}}
+            """
+        },
+    )
+    seed(gitlab)
+    gitlab.add_status_check(1, "ops-approval")  # acme/operations does not exist: 404
+    bot = await start_bot()
+    await bot.deliver(payloads.merge_request_hook(sha=SHA))
+    await bot.settle()
+    # The other checks are decided as usual; the one that needs the group fails with why.
+    assert gitlab.statuses(1, 1) == {
+        "conventional-title": "passed",
+        "pipeline-green": "failed",
+        "ops-approval": "failed",
+        "someone-elses-check": "pending",
+    }
+    events = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    ops = next(e for e in events if e["event"] == "decision" and e["check"] == "ops-approval")
+    assert ops["reason"].startswith("cannot read members of acme/operations: GitLab answered 404")
+
+
+async def test_gitlab_14_failures_are_logged_as_not_reportable(
+    start_bot: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with FakeGitLab(version="14.5.0", token=TOKEN) as fake:
+        seed(fake)
+        bot = await start_bot(gitlab_url=fake.url)
+        await bot.deliver(payloads.merge_request_hook(sha=SHA))
+        await bot.settle()
+    events = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    actions = {e["check"]: e["action"] for e in events if e["event"] == "decision"}
+    assert actions == {"conventional-title": "posted", "pipeline-green": "not_reportable"}

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bot.app import POLICIES
+from bot.policy_store import PolicyStore
 from tests import payloads
 from tests.conftest import TOKEN, Bot, write_policies
 from tests.fakegitlab import FakeGitLab
@@ -131,3 +132,17 @@ def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
             if serve.poll() is None:
                 serve.kill()
                 serve.wait()
+
+
+def test_reverting_a_broken_file_says_the_set_is_healthy_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = write_policies(tmp_path / "p", {"title.yml": title_policy("^feat")})
+    store = PolicyStore(folder)
+    store.load()
+    (folder / "broken.yml").write_text("check: broken\nrequire:\n  - lables: [x]\n")
+    assert store.reload() is False
+    (folder / "broken.yml").unlink()
+    assert store.reload() is False  # the same set as before the mistake
+    events = [json.loads(x)["event"] for x in capsys.readouterr().err.splitlines() if "{" in x]
+    assert events[-2:] == ["policy_reload_failed", "policies_restored"]

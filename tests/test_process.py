@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import aiohttp
 import pytest
 
 from tests import payloads
-from tests.conftest import TOKEN, WEBHOOK_SECRET
+from tests.conftest import TOKEN, WEBHOOK_SECRET, eventually
 from tests.fakegitlab import FakeGitLab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,13 +117,6 @@ def shown(gitlab: FakeGitLab, expected: dict[int, str]) -> dict[int, str]:
     return {iid: gitlab.check_status(1, iid, "conventional-title") for iid in expected}
 
 
-async def wait_until(condition: Callable[[], bool], limit: float = 15.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def test_sigterm_drains_in_flight_evaluations_and_exits_0(
     gitlab: FakeGitLab, run_bot: Callable[[], BotProcess]
 ) -> None:
@@ -135,7 +127,7 @@ async def test_sigterm_drains_in_flight_evaluations_and_exits_0(
     async with aiohttp.ClientSession() as session:
         for iid in expected:
             assert await bot.deliver(session, payloads.merge_request_hook(iid=iid)) == 202
-    await wait_until(lambda: len(gitlab.calls_to("GET", "/status_checks")) == 2)
+    await eventually(lambda: len(gitlab.calls_to("GET", "/status_checks")) == 2)
     assert gitlab.status_posts() == []
     assert await bot.stop(signal.SIGTERM) == 0
     assert shown(gitlab, expected) == expected  # both finished before the process exited
@@ -152,11 +144,11 @@ async def test_sigkill_mid_burst_then_restart_converges_without_redelivery(
     async with aiohttp.ClientSession() as session:
         for iid in expected:
             assert await bot.deliver(session, payloads.merge_request_hook(iid=iid)) == 202
-    await wait_until(lambda: len(gitlab.status_posts()) >= 1)
+    await eventually(lambda: len(gitlab.status_posts()) >= 1)
     assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL
     unfinished = [iid for iid, status in shown(gitlab, expected).items() if status == "pending"]
     assert unfinished, "the burst finished before the kill; the test proves nothing"
     gitlab.latency = 0.0
     restarted = run_bot()
     await restarted.start()  # no delivery from here on: only the start-up sweep can fix this
-    await wait_until(lambda: shown(gitlab, expected) == expected)
+    await eventually(lambda: shown(gitlab, expected) == expected)

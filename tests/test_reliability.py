@@ -16,7 +16,7 @@ import pytest
 from bot.app import EVALUATOR, QUEUE, SWEEPER
 from bot.gitlab import RateLimitPacer
 from tests import payloads
-from tests.conftest import Bot, write_policies
+from tests.conftest import Bot, eventually, write_policies
 from tests.fakegitlab import FakeGitLab
 
 GOOD_TITLE = "feat: add login"
@@ -54,14 +54,6 @@ def shown(gitlab: FakeGitLab, mrs: dict[int, str]) -> dict[int, str]:
     return {iid: gitlab.check_status(1, iid, "conventional-title") for iid in mrs}
 
 
-async def converge(condition: Callable[[], bool], limit: float = 15.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("did not converge in time")
-        await asyncio.sleep(0.05)
-
-
 def log_events(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
     lines = capsys.readouterr().err.splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")]
@@ -73,11 +65,11 @@ async def test_start_up_sweep_heals_missed_webhooks(
     expected = seed_project(gitlab, 6)
     started = time.monotonic()
     bot: Bot = await start_bot(projects=("acme/app",))
-    await converge(lambda: shown(gitlab, expected) == expected)
+    await eventually(lambda: shown(gitlab, expected) == expected)
     # One list request, then per MR: the MR and its status checks, and one post where it differed.
     assert len(gitlab.calls_to("GET", "/projects/acme%2Fapp/merge_requests")) == 1
     assert len(gitlab.status_posts()) == len(expected)
-    await converge(lambda: bot.app[SWEEPER].sweeps == 1)
+    await eventually(lambda: bot.app[SWEEPER].sweeps == 1)
     # Paced to the default budget of 5 requests/s: 1 list + 6 x 2 reads, the last batch starting
     # (13 - 2) / 5 = 2.2 s after the first.
     assert time.monotonic() - started >= 2.1
@@ -88,11 +80,11 @@ async def test_forged_passed_is_overwritten_by_the_next_sweep_and_logged_as_tamp
 ) -> None:
     expected = seed_project(gitlab, 2)
     bot: Bot = await start_bot(projects=("acme/app",), reconcile_interval=1.0, sweep_budget=500)
-    await converge(lambda: shown(gitlab, expected) == expected)
+    await eventually(lambda: shown(gitlab, expected) == expected)
     gitlab.set_status(1, 2, CHECK_ID, sha_of(2), "passed")  # someone forges it through the API
     assert gitlab.check_status(1, 2, "conventional-title") == "passed"
     sweeps = bot.app[SWEEPER].sweeps
-    await converge(lambda: bot.app[SWEEPER].sweeps > sweeps + 1)
+    await eventually(lambda: bot.app[SWEEPER].sweeps > sweeps + 1)
     assert gitlab.check_status(1, 2, "conventional-title") == "failed"
     events = log_events(capsys)
     tamper = [e for e in events if e["event"] == "tamper"]
@@ -113,7 +105,7 @@ async def test_random_faults_and_a_429_burst_still_end_correct_with_bounded_call
     for iid in expected:
         status, _ = await bot.deliver(payloads.merge_request_hook(iid=iid, sha=sha_of(iid)))
         assert status == 202
-    await converge(lambda: shown(gitlab, expected) == expected, limit=30)
+    await eventually(lambda: shown(gitlab, expected) == expected, limit=30)
     # Ten MRs need ~3 requests each when nothing fails; faults may multiply that, not explode it.
     assert len(gitlab.calls) < 10 * 3 * 4
 
@@ -128,7 +120,7 @@ async def test_gitlab_down_for_a_while_then_back_converges(gitlab: FakeGitLab, b
     assert gitlab.status_posts() == []
     failing_calls = len(gitlab.calls)
     gitlab.clear_faults()
-    await converge(lambda: shown(gitlab, expected) == expected)
+    await eventually(lambda: shown(gitlab, expected) == expected)
     # While down the bot backed off instead of hammering GitLab.
     assert failing_calls < 4 * 4 * 6
 
@@ -159,7 +151,7 @@ async def test_bot_slows_down_before_gitlab_answers_429(gitlab: FakeGitLab, bot:
     started = time.monotonic()
     for iid in expected:
         await bot.deliver(payloads.merge_request_hook(iid=iid, sha=sha_of(iid)))
-    await converge(lambda: shown(gitlab, expected) == expected)
+    await eventually(lambda: shown(gitlab, expected) == expected)
     elapsed = time.monotonic() - started
     assert not [c for c in gitlab.calls if c.status == 429]
     # ~9 requests, each spaced ~2-3 s / remaining after the first answer: most of a second,
@@ -194,9 +186,9 @@ async def test_a_freeze_verdict_wakes_itself_when_the_window_ends(
     offset = end - dt.timedelta(seconds=2) - dt.datetime.now(dt.UTC)
     bot.app[EVALUATOR].clock = lambda: dt.datetime.now(dt.UTC) + offset
     await bot.deliver(payloads.merge_request_hook(iid=1, sha=sha_of(1)))
-    await converge(lambda: gitlab.check_status(1, 1, "change-freeze") == "failed")
+    await eventually(lambda: gitlab.check_status(1, 1, "change-freeze") == "failed")
     # No event arrives; the verdict's wake_at brings the bot back when the window closes.
-    await converge(lambda: gitlab.check_status(1, 1, "change-freeze") == "passed", limit=8)
+    await eventually(lambda: gitlab.check_status(1, 1, "change-freeze") == "passed", limit=8)
     assert [c.json["status"] for c in gitlab.status_posts()] == ["failed", "passed"]
 
 
@@ -207,13 +199,45 @@ async def test_a_sweep_never_holds_back_a_delivery(
     gitlab.latency = 0.03
     bot: Bot = await start_bot(projects=("acme/app",), sweep_budget=1000, workers=2)
     sweeper = bot.app[SWEEPER]
-    await converge(lambda: len(gitlab.status_posts()) >= 3)
+    await eventually(lambda: len(gitlab.status_posts()) >= 3)
     gitlab.update_mr(1, 40, title="feat: now conventional")  # the sweep may have judged it
     status, _ = await bot.deliver(payloads.merge_request_hook(iid=40, sha=sha_of(40)))
     assert status == 202
-    await converge(lambda: gitlab.check_status(1, 40, "conventional-title") == "passed")
+    await eventually(lambda: gitlab.check_status(1, 40, "conventional-title") == "passed")
     # The delivery was served ahead of the sweep's backlog, not after it.
     assert sweeper.sweeps == 0
     assert bot.app[QUEUE].background_depth > 10
     expected[40] = "passed"
-    await converge(lambda: shown(gitlab, expected) == expected, limit=30)
+    await eventually(lambda: shown(gitlab, expected) == expected, limit=30)
+
+
+async def test_a_head_that_keeps_moving_backs_off_instead_of_looping(
+    gitlab: FakeGitLab, bot: Bot
+) -> None:
+    seed_project(gitlab, 1)
+    gitlab.fail(
+        409,
+        times=10_000,
+        path_contains="status_check_responses",
+        body={"message": "SHA does not match HEAD of source branch: abc"},
+    )
+    await bot.deliver(payloads.merge_request_hook(iid=1, sha=sha_of(1)))
+    await asyncio.sleep(2.0)
+    posts = gitlab.calls_to("POST", "status_check_responses")
+    # Immediate re-evaluation after the first 409, then 0.5 s, 1 s, 2 s...: a handful, not
+    # thousands.
+    assert 2 <= len(posts) <= 5
+
+
+async def test_no_tamper_alarm_for_what_the_bot_posted_before_a_restart(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = seed_project(gitlab, 2)
+    first: Bot = await start_bot(projects=("acme/app",), sweep_budget=500)
+    await eventually(lambda: shown(gitlab, expected) == expected)
+    gitlab.update_mr(1, 1, title=BAD_TITLE)  # changes while no bot watches: a missed webhook
+    second: Bot = await start_bot(projects=("acme/app",), sweep_budget=500)
+    await eventually(lambda: gitlab.check_status(1, 1, "conventional-title") == "failed")
+    await eventually(lambda: second.app[SWEEPER].sweeps >= 1)
+    assert first is not second
+    assert not [e for e in log_events(capsys) if e["event"] == "tamper"]

@@ -310,3 +310,19 @@ def test_same_verdicts_render_the_same_body() -> None:
     assert render_body([one]) == render_body([two])
     other = decision_for(TITLE.format(mode="always"), title="Add logout")
     assert render_body([one]) != render_body([other])
+
+
+async def test_passing_checks_gitlab_already_shows_cost_no_note_reads_after_a_restart(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    seed(gitlab, title="feat: add login")
+    folder = policies(tmp_path)
+    first = await start_bot(policy_dir=folder)
+    await evaluate_mr(first)
+    assert gitlab.check_status(1, 1, "conventional-title") == "passed"
+    gitlab.reset_calls()
+    second = await start_bot(policy_dir=folder)  # knows nothing of notes
+    await evaluate_mr(second)
+    # GitLab already shows the pass: nothing can be stale in a note, so none is looked for.
+    assert gitlab.calls_to("GET", NOTES) == []
+    assert gitlab.calls_to("GET", "/user") == []

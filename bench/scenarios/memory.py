@@ -34,7 +34,7 @@ async def _queue_depth(h: Harness, bot: Process) -> int | None:
 
 async def run(h: Harness) -> None:
     fake, _bot, control = await h.main()
-    count = 1000 if h.options.quick else h.options.memory_mrs
+    count = 500 if h.options.quick else h.options.memory_mrs
     await control.set_latency(0.0)
     bot = await h.start(
         start_bot,
