@@ -87,7 +87,9 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = app[POLICIES]
     queue: CoalescingQueue[MRKey | BranchKey] = CoalescingQueue(
-        app[METRICS].timed(lambda key, hint: evaluator(key, hint)), workers=settings.workers
+        app[METRICS].timed(lambda key, hint: evaluator(key, hint)),
+        workers=settings.workers,
+        min_interval=settings.evaluation_spacing,
     )
     record = app[RECORD]
     evaluator = Evaluator(

@@ -24,9 +24,15 @@ Handler = Callable[[K, Any], Awaitable[float | None]]
 class CoalescingQueue(Generic[K]):
     """A FIFO of distinct keys with the newest hint per key, drained by `workers` tasks."""
 
-    def __init__(self, handler: Handler[K], *, workers: int = 8) -> None:
+    def __init__(self, handler: Handler[K], *, workers: int = 8, min_interval: float = 0.0) -> None:
         self._handler = handler
         self._workers = workers
+        # Two evaluations of one MR start at least this far apart: a stream of deliveries (a
+        # pipeline's job events, a busy review) is judged a few times, not once per delivery.
+        # The first delivery for an MR not evaluated lately still runs at once.
+        self._min_interval = min_interval
+        self._last_start: dict[K, float] = {}
+        self._cooling: dict[K, Any] = {}  # waiting out min_interval; newest hint
         self._pending: dict[K, Any] = {}  # queued, not yet started; insertion order = FIFO
         # The reconciliation sweep's lane: drained only when no delivery is waiting, so a sweep
         # of thousands of MRs never delays a webhook.
@@ -50,6 +56,14 @@ class CoalescingQueue(Generic[K]):
             return False
         if key in self._running:
             self._rerun[key] = hint
+        elif key in self._cooling:
+            self._cooling[key] = hint
+        elif (wait := self._cooldown(key)) > 0:
+            self._background.pop(key, None)
+            self._pending.pop(key, None)
+            self._cooling[key] = hint
+            self._idle.clear()
+            asyncio.get_running_loop().call_later(wait, self._cooled, key)
         else:
             self._background.pop(key, None)
             self._pending.pop(key, None)  # re-insert: keep the newest hint
@@ -58,12 +72,23 @@ class CoalescingQueue(Generic[K]):
             self._wakeup.set()
         return True
 
+    def _cooldown(self, key: K) -> float:
+        started = self._last_start.get(key)
+        if started is None or not self._min_interval:
+            return 0.0
+        return started + self._min_interval - asyncio.get_running_loop().time()
+
+    def _cooled(self, key: K) -> None:
+        if key in self._cooling and self._accepting:
+            self._pending[key] = self._cooling.pop(key)
+            self._wakeup.set()
+
     def submit_background(self, key: K, hint: Any = None) -> bool:
         """Evaluate `key` when no delivery is waiting; a no-op if it is already queued or running
         (that evaluation reads the same current state)."""
         if not self._accepting:
             return False
-        if key in self._running or key in self._pending or key in self._rerun:
+        if self.is_busy(key):
             return True
         self._background.pop(key, None)
         self._background[key] = hint
@@ -93,7 +118,7 @@ class CoalescingQueue(Generic[K]):
     @property
     def depth(self) -> int:
         """Keys waiting to be evaluated (queued or waiting to re-run), not counting timers."""
-        return len(self._pending) + len(self._rerun) + len(self._background)
+        return len(self._pending) + len(self._rerun) + len(self._background) + len(self._cooling)
 
     @property
     def background_depth(self) -> int:
@@ -113,6 +138,7 @@ class CoalescingQueue(Generic[K]):
             or key in self._running
             or key in self._rerun
             or key in self._background
+            or key in self._cooling
         )
 
     async def wait_background_below(self, limit: int) -> None:
@@ -148,10 +174,13 @@ class CoalescingQueue(Generic[K]):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        abandoned = len(self._pending) + len(self._rerun) + len(self._background)
+        abandoned = (
+            len(self._pending) + len(self._rerun) + len(self._background) + len(self._cooling)
+        )
         self._pending.clear()
         self._rerun.clear()
         self._background.clear()
+        self._cooling.clear()
         self._progress.set()
         if not self._running:
             self._idle.set()
@@ -174,17 +203,30 @@ class CoalescingQueue(Generic[K]):
                 return key, lane.pop(key)
         return None
 
+    def _note_start(self, key: K) -> None:
+        now = asyncio.get_running_loop().time()
+        self._last_start.pop(key, None)
+        self._last_start[key] = now
+        # Bounded: entries older than min_interval no longer matter (oldest first).
+        while self._last_start:
+            oldest, started = next(iter(self._last_start.items()))
+            if now - started < self._min_interval:
+                break
+            del self._last_start[oldest]
+
     async def _worker(self) -> None:
         while True:
             item = self._take()
             if item is None:
-                if not self._running and not self._rerun:
+                if not self._running and not self._rerun and not self._cooling:
                     self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             key, hint = item
             self._running.add(key)
+            if self._min_interval:
+                self._note_start(key)
             delay: float | None = None
             try:
                 self.evaluations += 1

@@ -4,6 +4,7 @@ newest hint wins."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from bot.queue import CoalescingQueue
 
@@ -151,3 +152,24 @@ async def test_background_work_waits_for_deliveries_and_never_duplicates_them() 
     await queue.join()
     await queue.stop()
     assert order == ["blocker:hook", "a:hook", "sweep-2:hook", "sweep-0:sweep", "sweep-1:sweep"]
+
+
+async def test_a_stream_of_deliveries_is_evaluated_once_per_spacing() -> None:
+    starts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def handler(key: str, hint: int) -> None:
+        starts.append(loop.time())
+        await asyncio.sleep(0.02)
+
+    queue: CoalescingQueue[str] = CoalescingQueue(handler, workers=2, min_interval=0.3)
+    queue.start()
+    began = loop.time()
+    for n in range(30):  # one every 20 ms for 0.6 s: idle in between evaluations
+        queue.submit("mr", n)
+        await asyncio.sleep(0.02)
+    await queue.join()
+    await queue.stop()
+    assert starts[0] - began < 0.01  # the first delivery is judged at once
+    assert len(starts) <= 4  # 0, 0.3, 0.6 (+ the last hint), not 30
+    assert all(b - a >= 0.29 for a, b in itertools.pairwise(starts))
