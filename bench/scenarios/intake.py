@@ -188,13 +188,26 @@ async def run(h: Harness) -> None:
             ratio=f"p99 {p99 / bare_p99:.2f}x bare" if bare_p99 else "—",
             spread=spread(p99s, "{:.1f}", " ms (p99)"),
             target=f"p99 ≤ {P99_TARGET_MS:g} ms",
-            verdict=judge(p99 <= P99_TARGET_MS and paced.failed == 0),
+            verdict=_latency_verdict(p99s, paced.failed),
             notes=[
                 f"{tool}, {CONNECTIONS} connections each pausing {PACE_MS} ms between deliveries "
                 f"(≈{rate:,.0f} deliveries/s), {duration:g} s per run, deliveries for "
                 f"{len(h.ranges.intake)} MRs while the bot evaluates them against a "
                 f"{GITLAB_LATENCY * 1000:.0f} ms GitLab ({paced.evaluations:,} evaluations); "
-                "time from request written to 202 read, measured by the load generator."
+                "time from request written to 202 read, measured by the load generator. "
+                f"p99 per run: bot {', '.join(f'{x:.1f}' for x in p99s)} ms, bare app "
+                f"{', '.join(f'{r.p99_ms:.1f}' for r in paced.bare)} ms (the verdict counts "
+                "every run, not only the median)."
             ],
         )
     )
+
+
+def _latency_verdict(p99s: list[float], failed: int) -> str:
+    """met only when every run's p99 is within the target; otherwise say how many missed."""
+    missed = sum(1 for x in p99s if x > P99_TARGET_MS)
+    if failed or missed * 2 > len(p99s):
+        return "MISSED"
+    if missed:
+        return f"MISSED in {missed} of {len(p99s)} runs"
+    return "met"
