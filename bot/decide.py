@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import inspect
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -167,6 +168,8 @@ class Evaluator:
         self.listeners: list[DecisionListener] = []
         self.retry_base = 5.0  # seconds before re-evaluating after a transient GitLab failure
         self.deferred_retry = DEFERRED_RETRY
+        self.version_retry = 10.0  # at most this often an evaluation asks an unknown version
+        self._version_asked = time.monotonic()  # start-up has just asked
         self.evaluation_listeners: list[EvaluationListener] = []
         self._known_checks: dict[int, frozenset[str]] = {}
         self._failures: dict[MRKey, int] = {}
@@ -233,7 +236,11 @@ class Evaluator:
         if not policy_set.policies:
             log.warning("no_policies", key=str(key))
             return None
-        if self.gitlab.detected_version is None:
+        if (
+            self.gitlab.detected_version is None
+            and time.monotonic() - self._version_asked > self.version_retry
+        ):
+            self._version_asked = time.monotonic()
             await self.gitlab.detect_version()  # how failures are reported depends on it
         prefetch = self._prefetch_needs(policy_set, key, hint)
         mr, listed, optional = await asyncio.gather(

@@ -385,6 +385,7 @@ async def test_version_endpoint_failing_is_tolerated(
     gitlab.fail(500, times=2, path_contains="/version")
     bot = await start_bot()
     bot.app[EVALUATOR].deferred_retry = 0.3
+    bot.app[EVALUATOR].version_retry = 0.0
     await bot.deliver(payloads.merge_request_hook(sha=SHA))
     await bot.settle()
     assert gitlab.check_status(1, 1, "conventional-title") == "passed"
