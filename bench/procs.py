@@ -90,10 +90,13 @@ class Process:
             self.profiler = None
 
     def profile_into(self, folder: Path) -> Path:
-        """Record a py-spy profile (speedscope JSON) of this process until it stops."""
+        """Record a py-spy profile (speedscope JSON) of this process until it stops.
+
+        Blocking mode (py-spy pauses the process for each sample, a few % slower): without it,
+        over half the stacks of the busy bot came out torn, which misattributes the samples."""
         spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
         output = folder / f"{self.name}.speedscope.json"
-        command = [spy, "record", "--pid", str(self.pid), "--rate", "200", "--nonblocking"]
+        command = [spy, "record", "--pid", str(self.pid), "--rate", "200"]
         command += ["--format", "speedscope", "--output", str(output)]
         with (folder / f"{self.name}.py-spy.log").open("wb") as log:
             self.profiler = subprocess.Popen(
@@ -170,11 +173,42 @@ def start_bare(workdir: Path) -> Process:
     return _spawn_printing_url("bare", ["-m", "bench.bare", "--secret", WEBHOOK_SECRET], workdir)
 
 
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on 127.0.0.1/0.0.0.0:`port` (TCP LISTEN rows of /proc/net/tcp)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds the socket listening on `port`.
+
+    free_port() only picks a port that was free a moment ago: on a shared machine another
+    process (someone's test suite) can bind it first, answer our /healthz, and vanish later.
+    """
+    inodes = _listening_inodes(port)
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return True
+    return False
+
+
 def _wait_healthy(process: Process, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    port = int(process.url.rsplit(":", 1)[1])
     while time.monotonic() < deadline:
         if not process.alive():
             raise ProcessError(f"{process.name} exited: {process.stderr_tail()}")
+        if not _listens(process.pid, port):
+            time.sleep(0.05)
+            continue
         with (
             contextlib.suppress(urllib.error.URLError, OSError),
             urllib.request.urlopen(f"{process.url}/healthz", timeout=1) as answer,
@@ -195,7 +229,27 @@ def start_bot(
     log_level: str = "warning",
     env: Mapping[str, str] | None = None,
 ) -> Process:
-    """`python -m bot serve`, configured only through its documented environment."""
+    """`python -m bot serve`, configured only through its documented environment.
+
+    Started again on another port (up to 3 times) when another process took the chosen port
+    between free_port() and the bot's bind."""
+    for attempt in range(3):
+        try:
+            return _start_bot_once(workdir, gitlab_url, policy_dir, name, log_level, env)
+        except ProcessError as exc:
+            if attempt == 2 or "address" not in str(exc).lower():
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_bot_once(
+    workdir: Path,
+    gitlab_url: str,
+    policy_dir: Path,
+    name: str,
+    log_level: str,
+    env: Mapping[str, str] | None,
+) -> Process:
     port = free_port()
     state_dir = workdir / f"{name}-state"
     state_dir.mkdir(exist_ok=True)

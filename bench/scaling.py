@@ -80,7 +80,8 @@ def section(facts: dict[str, Any]) -> str:
         "that hash to it (its own `PROJECTS`), so no MR is swept twice.",
         "- **Before a second machine, a second process**: one process uses one core, and "
         "evaluations take intake's CPU (see the intake rows); splitting intake and evaluation "
-        "into two processes on the same machine is the cheaper first step.",
+        "into two processes on the same machine is the cheaper first step (what it would take "
+        "and cost: the intake throughput section under *What limits it* below).",
         "- **Separate tokens per shard** (one bot user each) multiply GitLab's per-user rate "
         "limit; on a self-managed GitLab the instance's own capacity is then the limit.",
     ]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import gidgetlab.aiohttp
@@ -163,6 +163,22 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
         self._on_response = on_response
         self.pacer = RateLimitPacer()
 
+    def format_url(self, url: str, params: Mapping[str, Any]) -> str:
+        """gidgetlab's URL building without its per-request `urljoin`/`urlparse`/`parse_qs` for
+        the paths this client builds (`/projects/1/merge_requests/5`); anything else (GitLab's
+        absolute `Link: rel=next` URLs, queries, dot segments, `//`) takes gidgetlab's way."""
+        if (
+            url.startswith("/")
+            and "?" not in url
+            and "#" not in url
+            and "//" not in url
+            and "/." not in url
+            and ":" not in url
+        ):
+            base = self.api_url + url[1:]
+            return f"{base}?{urlencode(params, doseq=True)}" if params else base
+        return super().format_url(url, params)
+
     def _retryable(self, method: str, url: str) -> bool:
         # Reads and status responses can be repeated safely (the newest status row for a SHA wins).
         return method in ("GET", "HEAD", "PUT", "DELETE") or url.endswith("status_check_responses")
@@ -175,8 +191,14 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
             attempt += 1
             await self.pacer.wait()
             try:
-                async with self._limit, asyncio.timeout(self._timeout):
-                    status, resp_headers, data = await super()._request(method, url, headers, body)
+                async with (
+                    self._limit,
+                    asyncio.timeout(self._timeout),
+                    # gidgetlab passes b"" for "no body"; aiohttp would then schedule a task per
+                    # request to write those zero bytes. None sends the same request without it.
+                    self._session.request(method, url, headers=headers, data=body or None) as r,
+                ):
+                    status, resp_headers, data = r.status, r.headers, await r.read()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if self._on_response:
                     self._on_response(method, url, None, {})
@@ -296,7 +318,14 @@ class GitLab:
         params.pop("page", None)
 
         async def collect() -> list[Any]:
-            return [item async for item in self.api.getiter(path, params)]
+            # gidgetlab's getiter, without an async generator step per item: each page is one
+            # request, and the next one is GitLab's `Link: rel=next` URL, as getiter follows it.
+            items, more = await self.api._make_request("GET", path, params, b"")
+            items = list(items)
+            while more:
+                page, more = await self.api._make_request("GET", more, params, b"")
+                items.extend(page)
+            return items
 
         return await self._call(collect(), path)
 

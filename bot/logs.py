@@ -6,7 +6,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -90,7 +90,36 @@ def configure_logging(
         logger_factory=lambda *_args: _LineLogger(stream),
         cache_logger_on_first_use=False,
     )
+    global _generation
+    _generation += 1
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)
+# Bumped by every configure_logging: module loggers rebuild their structlog logger once after it.
+_generation = 0
+
+
+class _ModuleLogger:
+    """A module's logger: its structlog logger is built on first use and kept until the next
+    `configure_logging`.
+
+    structlog's own choices do not fit: without `cache_logger_on_first_use` it rebuilds the bound
+    logger on every call (a log line at a filtered-out level still costs that), and with it a
+    logger used once ignores every later configuration (tests reconfigure per test).
+    """
+
+    __slots__ = ("_bound", "_built_for", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._bound: Any = None
+        self._built_for = -1
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._built_for != _generation:
+            self._bound = structlog.get_logger(self._name).bind()
+            self._built_for = _generation
+        return getattr(self._bound, attr)
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    return cast(structlog.typing.FilteringBoundLogger, _ModuleLogger(name))

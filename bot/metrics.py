@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
@@ -108,7 +109,8 @@ def endpoint_template(url: str) -> str:
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
-    if value is None:
+    if value is None and not isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        # A plain mapping (not aiohttp's case-insensitive headers): look for any spelling.
         lowered = name.lower()
         value = next((v for k, v in headers.items() if k.lower() == lowered), None)
     return value
@@ -153,7 +155,7 @@ class Metrics:
         self.verdicts = Counter(
             f"{PREFIX}_verdicts",
             "Verdicts by check, verdict (passed/failed) and what was done "
-            "(posted, unchanged, not_reportable, stale).",
+            "(posted, unchanged, not_reportable, deferred, stale).",
             ["check", "verdict", "action"],
             registry=registry,
         )
@@ -190,6 +192,7 @@ class Metrics:
             registry=registry,
         )
         self._endpoints: set[str] = set()
+        self._children: dict[tuple[Any, ...], Any] = {}
         for kind in ("repaired", "tampered"):
             self.sweep_repairs.labels(kind=kind)
 
@@ -197,7 +200,7 @@ class Metrics:
 
     def delivery(self, kind: str, outcome: str) -> None:
         """intake's `on_delivery` callback."""
-        self.deliveries.labels(kind=kind if kind in KNOWN_KINDS else "other", outcome=outcome).inc()
+        self._child(self.deliveries, kind if kind in KNOWN_KINDS else "other", outcome).inc()
 
     def watch_queue(
         self,
@@ -211,7 +214,7 @@ class Metrics:
         self.queue_scheduled.set_function(scheduled)
 
     def evaluation_finished(self, seconds: float, outcome: str = "ok") -> None:
-        self.evaluation_seconds.labels(outcome=outcome).observe(seconds)
+        self._child(self.evaluation_seconds, outcome).observe(seconds)
 
     def timed(
         self, handler: Callable[[Any, Any], Awaitable[float | None]]
@@ -235,9 +238,17 @@ class Metrics:
 
     def verdict(self, decision: Decision) -> None:
         """An `Evaluator.listeners` entry: one call per decision."""
-        self.verdicts.labels(
-            check=decision.check, verdict=decision.verdict.status, action=decision.action
-        ).inc()
+        self._child(self.verdicts, decision.check, decision.verdict.status, decision.action).inc()
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, kept: `labels()` takes a lock and builds its key on every
+        call, and these run for every delivery, request and verdict. As many entries as label
+        sets, which are bounded (see the module docstring)."""
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def gitlab_response(
         self, method: str, url: str, status: int | None, headers: Mapping[str, str]
@@ -249,11 +260,8 @@ class Metrics:
                 endpoint = "other"
             else:
                 self._endpoints.add(endpoint)
-        self.gitlab_requests.labels(
-            method=method.upper(),
-            endpoint=endpoint,
-            status=str(status) if status is not None else "error",
-        ).inc()
+        status_label = str(status) if status is not None else "error"
+        self._child(self.gitlab_requests, method.upper(), endpoint, status_label).inc()
         remaining = _header(headers, "RateLimit-Remaining")
         if remaining is not None:
             with contextlib.suppress(ValueError):

@@ -2,7 +2,8 @@
 
 The fake GitLab answers in 20 ms, so the bot evaluates the MRs it is told about while the load
 runs (deliveries rotate over distinct MRs): its intake competes with real evaluations, as in
-production.
+production. The bot runs at LOG_LEVEL=warning; one more row measures the intake path alone with
+the default LOG_LEVEL=info, which writes a log line per delivery.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.harness import FakeControl, Harness
+from bench.harness import QUIET_BOT, FakeControl, Harness
 from bench.load import LoadResult, have_wrk, payload_template, run_aiohttp, run_wrk
-from bench.procs import Process
+from bench.procs import Process, start_bot
 from bench.report import Figure, judge, median, spread
 
 CONNECTIONS = 32
@@ -117,7 +118,7 @@ def _throughput(name: str, runs: Runs, target: str, notes: list[str]) -> Figure:
 
 
 async def run(h: Harness) -> None:
-    _fake, bot, control = await h.main()
+    fake, bot, control = await h.main()
     bare = await h.bare()
     quick = h.options.quick
     duration = 1.0 if quick else h.options.duration
@@ -129,6 +130,19 @@ async def run(h: Harness) -> None:
     busy = await _measure(h, bot, bare, control)
     single = await _measure(h, bot, bare, control, busy if quick else None, mrs=1)
     paced = await _measure(h, bot, bare, control, delay_ms=PACE_MS)
+    # The same intake path with the default LOG_LEVEL (info): one JSON log line per delivery.
+    chatty = await h.start(
+        start_bot,
+        gitlab_url=fake.url,
+        policy_dir=h.policy_dir,
+        name="bot-info",
+        log_level="info",
+        env=QUIET_BOT,
+    )
+    try:
+        logged = await _measure(h, chatty, bare, control, busy if quick else None, mrs=1)
+    finally:
+        h.stop(chatty)
     await control.set_latency(0.0)
 
     tool = busy.bot[0].tool
@@ -171,6 +185,25 @@ async def run(h: Harness) -> None:
                 f"{single.evaluations:,} evaluations, so this is the intake path alone. CPU per "
                 f"delivery: bot {median(single.bot_cpu) * 1e6:,.0f} µs, bare "
                 f"{median(single.bare_cpu) * 1e6:,.0f} µs. Non-2xx or failed: {single.failed}."
+            ],
+        )
+    )
+    logged_ratio = median(logged.ratios)
+    h.figures.append(
+        Figure(
+            name="intake throughput, one MR, LOG_LEVEL=info",
+            measured=f"{median([r.rps for r in logged.bot]):,.0f} deliveries/s",
+            baseline=f"bare app {median([r.rps for r in logged.bare]):,.0f}/s",
+            ratio=f"{logged_ratio:.2f}x bare",
+            spread=spread(logged.ratios, "{:.2f}", "x"),
+            target="report",
+            verdict="report",
+            notes=[
+                "The one-MR load against a second bot started with the default LOG_LEVEL=info "
+                "instead of warning: it writes one JSON line (delivery_queued, with the "
+                "delivery's ids) to stderr, here a file, per delivery, which the bare app does "
+                f"not. CPU per delivery: bot {median(logged.bot_cpu) * 1e6:,.0f} µs, bare "
+                f"{median(logged.bare_cpu) * 1e6:,.0f} µs. Non-2xx or failed: {logged.failed}."
             ],
         )
     )
