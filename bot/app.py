@@ -138,6 +138,7 @@ async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
         app[QUEUE],
         configured=settings.projects,
         remembered=app[RECORD].known_projects,
+        forget=app[RECORD].forget_project,
         budget=settings.sweep_budget,
         on_finished=lambda report: app[METRICS].sweep_finished(
             report.duration, report.repaired, report.tampered

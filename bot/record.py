@@ -500,6 +500,12 @@ class DecisionRecord:
         self._seen[project_id] = (path, now)
         self._enqueue((_UPSERT_PROJECT, (project_id, path, now)))
 
+    def forget_project(self, project_id: int) -> None:
+        """Stop covering a project (GitLab says it does not exist, or the token cannot see it):
+        a forged or stale id must not cost a request in every sweep forever."""
+        self._seen.pop(project_id, None)
+        self._enqueue(("DELETE FROM projects WHERE project_id = ?", (project_id,)))
+
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
         if self._thread is None or self._closed or not self._thread.is_alive():

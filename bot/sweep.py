@@ -49,6 +49,7 @@ class Sweeper:
         requests_per_evaluation: Callable[[], int] = lambda: BASE_REQUESTS_PER_EVALUATION,
         max_backlog: int = 64,
         on_finished: Callable[[SweepReport], None] | None = None,
+        forget: Callable[[int], None] | None = None,
     ) -> None:
         self.gitlab = gitlab
         self.queue = queue
@@ -59,6 +60,7 @@ class Sweeper:
         self.requests_per_evaluation = requests_per_evaluation
         self.max_backlog = max_backlog
         self.on_finished = on_finished
+        self.forget = forget
         self.current: SweepReport | None = None
         self.sweeps = 0
         self.swept = asyncio.Event()  # set once the first sweep (the start-up one) is done
@@ -134,6 +136,16 @@ class Sweeper:
         except GitLabError as exc:
             report.failed_projects.append(str(project))
             log.warning("sweep_project_failed", project=str(project), advice=exc.advice())
+            if (
+                exc.status == 404
+                and isinstance(project, int)
+                and str(project) not in self.configured
+            ):
+                # Met only in a delivery (which may have been forged) and unknown to GitLab.
+                self.seen.pop(project, None)
+                if self.forget is not None:
+                    self.forget(project)
+                log.info("sweep_project_forgotten", project=project)
             return
         report.projects += 1
         report.list_requests += max(1, -(-len(merge_requests) // 100))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bot.app import EVALUATOR, QUEUE, SWEEPER
+from bot.app import EVALUATOR, QUEUE, RECORD, SWEEPER
 from bot.gitlab import RateLimitPacer
 from tests import payloads
 from tests.conftest import Bot, eventually, write_policies
@@ -241,3 +241,19 @@ async def test_no_tamper_alarm_for_what_the_bot_posted_before_a_restart(
     await eventually(lambda: second.app[SWEEPER].sweeps >= 1)
     assert first is not second
     assert not [e for e in log_events(capsys) if e["event"] == "tamper"]
+
+
+async def test_a_project_gitlab_does_not_know_is_forgotten_by_the_sweep(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any]
+) -> None:
+    expected = seed_project(gitlab, 1)
+    bot: Bot = await start_bot(reconcile_interval=1.0, sweep_budget=500)
+    # A delivery (forged, or for a project since deleted) names project 999.
+    await bot.deliver(payloads.merge_request_hook(project_id=999, project_path="ghost/app"))
+    await bot.deliver(payloads.merge_request_hook(iid=1, sha=sha_of(1)))
+    await eventually(lambda: shown(gitlab, expected) == expected)
+    sweeps = bot.app[SWEEPER].sweeps
+    await eventually(lambda: bot.app[SWEEPER].sweeps >= sweeps + 3)
+    ghost_lists = gitlab.calls_to("GET", "/projects/999/merge_requests")
+    assert len([c for c in ghost_lists if c.path.endswith("/merge_requests")]) == 1
+    assert [p for p, _ in await bot.app[RECORD].known_projects()] == [1]
