@@ -224,9 +224,6 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
     app[METRICS] = metrics = Metrics()
 
     def submit(key: MRKey | BranchKey, hint: Hint) -> bool:
-        sweeper = app.get(SWEEPER)
-        if sweeper is not None and hint.project_path:
-            sweeper.remember(key.project_id, hint.project_path)
         record = app.get(RECORD)
         if record is not None and hint.project_path:
             # Before any evaluation: a kill -9 right after this delivery still leaves the project

@@ -55,7 +55,8 @@ class Sweeper:
         self.queue = queue
         self.configured = tuple(configured)
         self.remembered = remembered
-        self.seen: dict[int, str] = {}  # projects met in deliveries since start
+        # Projects found under a configured path (so the path and its id are swept once).
+        self.seen: dict[int, str] = {}
         self.budget = budget
         self.requests_per_evaluation = requests_per_evaluation
         self.max_backlog = max_backlog
@@ -66,9 +67,6 @@ class Sweeper:
         self.swept = asyncio.Event()  # set once the first sweep (the start-up one) is done
         self._next_slot = 0.0
         self._submitted: set[MRKey] = set()
-
-    def remember(self, project_id: int, path: str) -> None:
-        self.seen[project_id] = path
 
     async def projects(self) -> list[int | str]:
         """Configured projects plus every project met in a delivery, now or before a restart."""
