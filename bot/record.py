@@ -10,10 +10,12 @@ run in a worker thread (`asyncio.to_thread`) on their own connection. WAL mode l
 the writer work at the same time, also across processes (`history` while `serve` runs).
 
 What it costs: a transaction (about 0.25 ms of CPU) per decision was most of the record's cost, so
-the writer lets decisions pile up for up to LINGER seconds before committing (a read, a project
-to remember, or closing the record commits at once). And an evaluation whose verdict for a check
-is the one already in `latest` (same SHA, verdict, outcome, action, GitLab status, policy) only
-refreshes that row's time and trigger, without rendering the outcome tree to JSON again.
+the writer lets decisions pile up for up to LINGER seconds before committing (a posted verdict, a
+read, a project to remember, or closing the record commits at once, so neither a graceful stop
+nor a kill -9 after a POST leaves GitLab showing a verdict the record does not know). And an
+evaluation whose verdict for a check is the one already in `latest` (same SHA, verdict, outcome,
+action, GitLab status, policy) only refreshes that row's time and trigger, without rendering the
+outcome tree to JSON again.
 """
 
 from __future__ import annotations
@@ -222,6 +224,13 @@ class _DecisionWrite:
     def __init__(self, decision: Decision, rows: _LatestRows) -> None:
         self.decision = decision
         self.rows = rows
+
+    @property
+    def lingers(self) -> bool:
+        """Whether this write may wait for others to share its commit. A verdict the bot posted
+        may not: GitLab already shows it, and a restart that found it missing from the record
+        would take it for a status set by hand (a false `tamper` alarm and a repeated write)."""
+        return self.decision.action != "posted"
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         decision = self.decision
@@ -444,10 +453,11 @@ class DecisionRecord:
     def _next_batch(self) -> list[Any]:
         """What the next transaction commits: everything queued, and while only decisions are,
         whatever else arrives within LINGER (so a stream of decisions costs a few commits per
-        second, not one each). Anything else (a flush, a project, stop) ends the wait."""
+        second, not one each). Anything else (a posted verdict, a flush, a project, stop) ends
+        the wait."""
         item = self._queue.get()
         batch: list[Any] = [item]
-        linger = isinstance(item, _DecisionWrite)
+        linger = isinstance(item, _DecisionWrite) and item.lingers
         deadline = time.monotonic() + LINGER
         while len(batch) < BATCH:
             try:
@@ -461,7 +471,7 @@ class DecisionRecord:
                 except queue.Empty:
                     break
             batch.append(item)
-            linger = linger and isinstance(item, _DecisionWrite)
+            linger = linger and isinstance(item, _DecisionWrite) and item.lingers
         return batch
 
     def _commit(self, conn: sqlite3.Connection, writes: list[_Write]) -> None:

@@ -63,6 +63,12 @@ class Bot:
     app: web.Application
     session: aiohttp.ClientSession
     settings: Settings
+    server: TestServer | None = None
+
+    async def stop(self) -> None:
+        """Stop as SIGTERM would: drain the workers, close the decision record."""
+        if self.server is not None:
+            await self.server.close()
 
     async def deliver(
         self,
@@ -154,7 +160,7 @@ async def start_bot(make_settings: Callable[..., Settings]) -> AsyncIterator[Cal
             # The start-up sweep has nothing to do here; let it finish so that it cannot pick
             # up the project of the test's first delivery and add reads the test did not ask for.
             await asyncio.wait_for(app[SWEEPER].swept.wait(), 5)
-        return Bot(str(server.make_url("")).rstrip("/"), app, session, settings)
+        return Bot(str(server.make_url("")).rstrip("/"), app, session, settings, server)
 
     yield start
     for server in servers:

@@ -137,7 +137,8 @@ async def test_decisions_arriving_close_together_share_a_commit(
 ) -> None:
     statements = traced(record)
     for iid in range(10):
-        await record.record(decision(policy_dir, key=MRKey(1, 100 + iid)))
+        # Not posted verdicts: those are committed at once (see the next tests).
+        await record.record(decision(policy_dir, action="not_reportable", key=MRKey(1, 100 + iid)))
         await asyncio.sleep(0.005)  # well inside LINGER
     await record.flush()
     assert len(await record.history(1, 105)) == 1
@@ -172,3 +173,39 @@ async def test_a_project_to_remember_is_committed_without_lingering(
         await asyncio.sleep(0.02)
     else:
         raise AssertionError("the project was not committed")
+
+
+def committed_actions(path: Path) -> list[str]:
+    """What another connection (another process after a restart) sees: committed rows only."""
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT action FROM decisions ORDER BY id")]
+
+
+async def test_a_posted_verdict_is_committed_without_lingering(
+    record: DecisionRecord, policy_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GitLab shows a posted verdict as soon as the POST returns. If the record held it back to
+    share a commit, a restart in that window would find a `passed` the bot "never posted" and
+    raise a false tamper alarm (issue 9: the flaky restart test)."""
+    monkeypatch.setattr(record_module, "LINGER", 30.0)
+    await record.record(decision(policy_dir, action="not_reportable", key=MRKey(1, 8)))
+    await record.record(decision(policy_dir))  # posted
+    path = tmp_path / "state" / DB_NAME
+    deadline = time.monotonic() + 10
+    while "posted" not in committed_actions(path):
+        assert time.monotonic() < deadline, "the posted verdict was not committed"
+        await asyncio.sleep(0.02)
+
+
+async def test_closing_commits_every_queued_write_at_once(
+    tmp_path: Path, policy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graceful stop loses nothing, and does not wait out the linger either."""
+    monkeypatch.setattr(record_module, "LINGER", 30.0)
+    record = DecisionRecord.open(tmp_path / "state")
+    for iid in range(20):
+        await record.record(decision(policy_dir, action="not_reportable", key=MRKey(1, iid)))
+    started = time.monotonic()
+    await record.close()
+    assert time.monotonic() - started < 10
+    assert committed_actions(tmp_path / "state" / DB_NAME) == ["not_reportable"] * 20

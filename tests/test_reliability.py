@@ -235,6 +235,7 @@ async def test_no_tamper_alarm_for_what_the_bot_posted_before_a_restart(
     expected = seed_project(gitlab, 2)
     first: Bot = await start_bot(projects=("acme/app",), sweep_budget=500)
     await eventually(lambda: shown(gitlab, expected) == expected)
+    await first.stop()  # a restart: the old process is gone before the new one starts
     gitlab.update_mr(1, 1, title=BAD_TITLE)  # changes while no bot watches: a missed webhook
     second: Bot = await start_bot(projects=("acme/app",), sweep_budget=500)
     await eventually(lambda: gitlab.check_status(1, 1, "conventional-title") == "failed")
