@@ -20,6 +20,7 @@ from bot.config import Settings
 from bot.decide import Decision, Evaluator, needs_of
 from bot.details import LINK_KEY, Sources, links_ctx
 from bot.details import add_routes as add_details_routes
+from bot.fetch import FactReader
 from bot.gitlab import GitLab, GitLabError
 from bot.intake import make_webhook_handler, webhook_method_not_allowed
 from bot.keys import BranchKey, Hint, MRKey
@@ -96,6 +97,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GITLAB],
         lambda: store.current,
         submit=queue.submit,
+        reader=FactReader(app[GITLAB], settle_seconds=settings.approval_settle_seconds),
         last_posted=lambda key, check: record.last_posted(key.project_id, key.iid, check),
     )
     app[QUEUE] = queue

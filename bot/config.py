@@ -44,6 +44,7 @@ class Settings:
     sweep_budget: float = 5.0
     evaluation_spacing: float = 0.5
     record_retention_days: float = 90.0
+    approval_settle_seconds: float = 30.0
 
     def __repr__(self) -> str:
         # Never let a token reach a log line or a traceback through repr().
@@ -154,4 +155,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sweep_budget=_number(env, "SWEEP_BUDGET", 5, minimum=0.1),
         evaluation_spacing=_number(env, "EVALUATION_SPACING", 0.5, minimum=0),
         record_retention_days=_number(env, "RECORD_RETENTION_DAYS", 90, minimum=1),
+        # GitLab deletes approvals 10 s after it records a push; below that is never safe.
+        approval_settle_seconds=_number(env, "APPROVAL_SETTLE_SECONDS", 30, minimum=10),
     )

@@ -1,9 +1,13 @@
 """One evaluation: read the MR, judge every listed check that has a policy, post what differs.
 
-Reads happen in one concurrent round (MR, its status checks, and the optional facts the likely
-policies need); a second round only happens when the payload's hints were wrong. A verdict is
-posted only where GitLab shows something else (DESIGN principle 4), and a 409 means the head moved:
-the MR is looked at again, never judged for the old SHA.
+Every fact a verdict uses belongs to the SHA it is posted for. The MR read says which head that
+is; a fact read that was answered before the MR read might describe the previous head (a push
+landing while the reads run), so optional facts are read after the MR read (a second round),
+except when this process already saw the same head before the round began: then one concurrent
+round suffices. The POST itself is the last guard: GitLab answers 409 when the head moved, and
+reads bound to a SHA (GraphQL diffStats, the newest diff version) raise HeadMoved; both make the
+MR be looked at again, never judged for the old SHA. A verdict is posted only where GitLab shows
+something else (README, "How it decides").
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bot.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
-from bot.fetch import GroupDirectory, base_facts, merge_facts, read_optional
+from bot.fetch import FactReader, HeadMoved, base_facts, merge_facts
 from bot.gitlab import GitLab, GitLabError
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
@@ -114,22 +118,20 @@ def applies(policy: Policy, facts: MergeRequestFacts, *, unknown: bool = True) -
 
 
 def judge(policy: Policy, facts: MergeRequestFacts) -> Verdict:
-    """`evaluate`, except that a policy needing a fact GitLab refused to give fails with what
-    GitLab said, instead of the check staying pending (DESIGN principle 5)."""
-    refused = [name for name in policy.needs.describe() if name in facts.unreadable]
-    if not refused:
-        try:
-            return evaluate(policy, facts)
-        except MissingFactError as exc:  # a fetching bug: say so rather than stay pending
-            log.error("missing_fact", check=policy.check, error=str(exc))
-            return _cannot_judge(policy, f"cannot judge: {exc}")
-    reason = "; ".join(f"cannot read {name}: {facts.unreadable[name]}" for name in refused)
-    return _cannot_judge(policy, reason)
+    """`evaluate`, guarded: a fact GitLab refused to give makes only the rules that are judged
+    and need it undecided (so a policy whose `applies_to` excludes the MR never fails for a
+    group it names), and a fetching bug fails the check with what went wrong instead of
+    leaving it pending."""
+    try:
+        return evaluate(policy, facts)
+    except MissingFactError as exc:
+        log.error("missing_fact", check=policy.check, error=str(exc))
+        return _cannot_judge(policy, f"cannot judge: {exc}")
 
 
 def _cannot_judge(policy: Policy, reason: str) -> Verdict:
     advisory = policy.mode == "advisory"
-    fix = "let the bot's token read this (see the reason), then comment /recheck"
+    fix = "report this to the bot's operators: it is a bug in the bot"
     outcome = Outcome(policy.check, False, reason, fix=fix)
     return Verdict(
         policy.check,
@@ -156,14 +158,14 @@ class Evaluator:
         policies: Callable[[], PolicySet],
         *,
         submit: Callable[[MRKey, Hint], Any],
-        groups: GroupDirectory | None = None,
+        reader: FactReader | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         last_posted: Callable[[MRKey, str], Awaitable[tuple[str, str] | None]] | None = None,
     ) -> None:
         self.gitlab = gitlab
         self.policies = policies
         self.submit = submit
-        self.groups = groups or GroupDirectory(gitlab)
+        self.reader = reader or FactReader(gitlab)
         self.clock = clock
         self.listeners: list[DecisionListener] = []
         self.retry_base = 5.0  # seconds before re-evaluating after a transient GitLab failure
@@ -180,6 +182,8 @@ class Evaluator:
         self.last_posted = last_posted
         # Consecutive 409s per MR: the first re-evaluation is immediate, later ones back off.
         self._head_moves: dict[MRKey, int] = {}
+        # The head SHA each MR had when this process last finished reading it (bounded).
+        self._heads: dict[MRKey, str] = {}
 
     # -- the queue's entry point --------------------------------------------------------------
 
@@ -242,14 +246,55 @@ class Evaluator:
         ):
             self._version_asked = time.monotonic()
             await self.gitlab.detect_version()  # how failures are reported depends on it
-        prefetch = self._prefetch_needs(policy_set, key, hint)
-        mr, listed, optional = await asyncio.gather(
+        try:
+            read = await self._read(key, hint, policy_set)
+        except HeadMoved as moved:
+            log.info("head_moved", project_id=key.project_id, mr=key.iid, reason=str(moved))
+            return self._look_again(key)
+        if read is None:
+            return None
+        facts, matched, listed = read
+        decisions = await self._decide(key, facts, matched, trigger, listed)
+        if decisions is None:
+            # The head moved under us: look again at once, and back off if it keeps happening
+            # (an inconsistent MR must not burn the rate limit in a tight loop).
+            return self._look_again(key)
+        self._head_moves.pop(key, None)
+        await self._notify_evaluation(key, facts, decisions)
+        delays = [
+            max(1.0, (d.verdict.wake_at - facts.now).total_seconds() + 1.0)
+            for d in decisions
+            if d.verdict.wake_at is not None
+        ]
+        if any(d.action == "deferred" for d in decisions):
+            delays.append(self.deferred_retry)
+        return min(delays) if delays else None
+
+    def _look_again(self, key: MRKey) -> float:
+        moves = self._head_moves.get(key, 0) + 1
+        self._head_moves[key] = moves
+        if len(self._head_moves) > POSTED_MEMORY:
+            del self._head_moves[next(iter(self._head_moves))]
+        return 0.0 if moves == 1 else min(MAX_RETRY_DELAY, 0.5 * 2 ** (moves - 2))
+
+    async def _read(
+        self, key: MRKey, hint: Hint | None, policy_set: PolicySet
+    ) -> tuple[MergeRequestFacts, list[tuple[dict[str, Any], Policy]], list[dict[str, Any]]] | None:
+        """The MR, its listed checks with their policies, and the facts those policies need,
+        all for one head SHA (see the module docstring). None when there is nothing to judge."""
+        known = self._heads.get(key)
+        # One concurrent round only when this process saw this head before the round began and
+        # the delivery does not announce another one (a push): the facts then describe it.
+        optimistic = known is not None and (hint is None or hint.sha in (None, known))
+        prefetch = self._prefetch_needs(policy_set, key, hint) if optimistic else NO_NEEDS
+        mr, listed, raw = await asyncio.gather(
             self.gitlab.merge_request(key.project_id, key.iid),
             self.gitlab.status_checks(key.project_id, key.iid),
-            read_optional(self.gitlab, self.groups, key.project_id, key.iid, prefetch),
+            self.reader.fetch(key.project_id, key.iid, prefetch),
         )
         facts = base_facts(mr, project_path=hint.project_path if hint else None)
         facts = replace(facts, now=self.clock())
+        self._remember_head(key, facts.sha)
         log_ctx = {"project": facts.project_path, "mr": key.iid, "sha": facts.sha}
         if facts.state != "opened":
             log.info("skipped", reason=f"merge request is {facts.state}", **log_ctx)
@@ -268,32 +313,21 @@ class Evaluator:
         if not matched:
             log.info("no_matching_checks", listed=len(listed), **log_ctx)
             return None
-        facts = merge_facts(facts, optional)
-        scoped = [policy for _, policy in matched if applies(policy, facts)]
-        missing = needs_of(scoped) - prefetch
+        if facts.sha != known:
+            prefetch, raw = NO_NEEDS, {}  # read before the head was known: maybe not its facts
+        needs = needs_of([policy for _, policy in matched if applies(policy, facts)])
+        missing = needs - prefetch
         if missing:
-            log.debug("second_read_round", needs=missing.describe(), **log_ctx)
-            more = await read_optional(self.gitlab, self.groups, key.project_id, key.iid, missing)
-            facts = merge_facts(facts, more)
-        decisions = await self._decide(key, facts, matched, trigger, listed)
-        if decisions is None:
-            # The head moved under us: look again at once, and back off if it keeps happening
-            # (an inconsistent MR must not burn the rate limit in a tight loop).
-            moves = self._head_moves.get(key, 0) + 1
-            self._head_moves[key] = moves
-            if len(self._head_moves) > POSTED_MEMORY:
-                del self._head_moves[next(iter(self._head_moves))]
-            return 0.0 if moves == 1 else min(MAX_RETRY_DELAY, 0.5 * 2 ** (moves - 2))
-        self._head_moves.pop(key, None)
-        await self._notify_evaluation(key, facts, decisions)
-        delays = [
-            max(1.0, (d.verdict.wake_at - facts.now).total_seconds() + 1.0)
-            for d in decisions
-            if d.verdict.wake_at is not None
-        ]
-        if any(d.action == "deferred" for d in decisions):
-            delays.append(self.deferred_retry)
-        return min(delays) if delays else None
+            log.debug("fact_read", needs=missing.describe(), **log_ctx)
+            raw = {**raw, **await self.reader.fetch(key.project_id, key.iid, missing)}
+        facts = merge_facts(facts, await self.reader.interpret(raw, mr, facts, needs | prefetch))
+        return facts, matched, listed
+
+    def _remember_head(self, key: MRKey, sha: str) -> None:
+        self._heads.pop(key, None)
+        self._heads[key] = sha
+        if len(self._heads) > POSTED_MEMORY:
+            del self._heads[next(iter(self._heads))]
 
     def _prefetch_needs(self, policy_set: PolicySet, key: MRKey, hint: Hint | None) -> FactNeeds:
         """The optional facts the policies that probably apply will read (hints are guesses)."""

@@ -21,7 +21,7 @@ import aiohttp
 from bot.config import Settings
 from bot.decide import applies, judge, needs_of
 from bot.facts import MergeRequestFacts
-from bot.fetch import GroupDirectory, base_facts, merge_facts, read_optional
+from bot.fetch import FactReader, HeadMoved, base_facts, merge_facts
 from bot.gitlab import GitLab, GitLabError
 from bot.policy import render_verdict
 from bot.policy.model import PolicyLoadError, Verdict
@@ -98,9 +98,13 @@ async def read_mr(settings: Settings, project: int | str, iid: int, policies: li
         facts = dataclasses.replace(facts, now=dt.datetime.now(dt.UTC))
         needs = needs_of([p for p in policies if applies(p, facts)])
         try:
-            optional = await read_optional(
-                gitlab, GroupDirectory(gitlab), facts.project_id, facts.iid, needs
-            )
+            # Read after the MR read: these facts describe its head (or a newer one, which
+            # HeadMoved reports where a read shows it).
+            optional = await FactReader(gitlab).read(mr_read, facts, needs)
+        except HeadMoved as moved:
+            raise ExplainError(
+                f"{reference} changed while it was read ({moved}): run explain again"
+            ) from None
         except GitLabError as exc:
             raise ExplainError(
                 f"cannot read the facts of {reference} ({', '.join(needs.describe())}): "
@@ -116,6 +120,14 @@ async def read_mr(settings: Settings, project: int | str, iid: int, policies: li
         )
 
 
+def _pipeline(facts: MergeRequestFacts) -> str:
+    if facts.pipeline_status:
+        return facts.pipeline_status
+    if facts.stale_pipeline_sha:
+        return f"none for {facts.sha[:8]} (GitLab still shows {facts.stale_pipeline_sha[:8]}'s)"
+    return "none"
+
+
 def _yes_no(value: bool, yes: str, no: str) -> str:
     return yes if value else no
 
@@ -127,7 +139,7 @@ def describe_facts(reading: Reading) -> list[str]:
     lines = [
         f"MR: author {facts.author.username or '?'}; labels {labels}; "
         f"{_yes_no(facts.draft, 'draft', 'not a draft')}; "
-        f"pipeline {facts.pipeline_status or 'none'}; "
+        f"pipeline {_pipeline(facts)}; "
         f"{_yes_no(facts.has_conflicts, 'has conflicts', 'no conflicts')}; "
         f"blocking threads {_yes_no(facts.blocking_discussions_resolved, 'resolved', 'open')}"
     ]
@@ -136,11 +148,19 @@ def describe_facts(reading: Reading) -> list[str]:
         added = sum(f.additions for f in files)
         removed = sum(f.deletions for f in files)
         paths = [" → ".join(f.paths) if f.renamed_file else f.new_path for f in files]
-        cut = " (GitLab truncated the list)" if facts.changed_files_truncated else ""
+        cut = (
+            ""
+            if facts.paths_complete
+            else f" (GitLab listed {len(files)} of {facts.changes_count})"
+        )
+        if facts.paths_complete and not facts.line_counts_exact:
+            cut = " (some line counts hidden by GitLab)"
         shown = f": {listing(paths, 5)}" if paths else ""
         lines.append(f"diffs: {plural(len(files), 'file')}, +{added} -{removed}{cut}{shown}")
     if facts.approved_by is not None:
         names = ", ".join(u.username for u in facts.approved_by) or "none"
+        if facts.unsettled_approvers:
+            names += f" ({', '.join(sorted(facts.unsettled_approvers))} before the last push)"
         lines.append(f"approvals: {names}")
     if facts.commits is not None:
         first = [f"{c.sha[:8]} {c.message.partition(chr(10))[0][:50]}" for c in facts.commits]
@@ -149,7 +169,7 @@ def describe_facts(reading: Reading) -> list[str]:
     if facts.unresolved_threads is not None:
         lines.append(f"discussions: {plural(facts.unresolved_threads, 'unresolved thread')}")
     for group, members in sorted(facts.group_members.items()):
-        names = listing(sorted(members), 8) if members else "nobody"
+        names = listing(sorted(members.members), 8) if members.members else "nobody"
         lines.append(f"members of {group}: {names}")
     if reading.listed is not None:
         shown = [f"{c.get('name')} {c.get('status')}" for c in reading.listed]

@@ -51,46 +51,61 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class GroupMembers:
+    """Who of a group can count as one of its members for a policy.
+
+    `members`: active members with at least Developer access (who can approve) of the group
+    itself and of its subgroups. `inherited`: those GitLab also lists for the group through a
+    parent group or a group shared into it (`members/all`), which count only with
+    `inherited: true`. `ineligible`: listed people who never count, with why ("a Reporter").
+    All usernames lower case.
+    """
+
+    members: frozenset[str] = frozenset()
+    inherited: frozenset[str] = frozenset()
+    ineligible: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class FactNeeds:
-    """The optional facts a policy (or a whole policy set) reads. Combine with `|`."""
+    """The optional facts a policy (or a whole policy set) reads. Combine with `|`.
+
+    `line_counts`: exact added/removed lines and file count, which GitLab's diff listing cannot
+    always give (it collapses and cuts big diffs); `pipeline`: the pipeline built for the head.
+    """
 
     diffs: bool = False
+    line_counts: bool = False
     approvals: bool = False
     commits: bool = False
     discussions: bool = False
+    pipeline: bool = False
     groups: frozenset[str] = frozenset()
 
     def __or__(self, other: FactNeeds) -> FactNeeds:
         return FactNeeds(
-            diffs=self.diffs or other.diffs,
-            approvals=self.approvals or other.approvals,
-            commits=self.commits or other.commits,
-            discussions=self.discussions or other.discussions,
+            **{name: getattr(self, name) or getattr(other, name) for name in _FLAGS},
             groups=self.groups | other.groups,
         )
 
     def __sub__(self, other: FactNeeds) -> FactNeeds:
         """What of these needs `other` (already fetched) does not cover."""
         return FactNeeds(
-            diffs=self.diffs and not other.diffs,
-            approvals=self.approvals and not other.approvals,
-            commits=self.commits and not other.commits,
-            discussions=self.discussions and not other.discussions,
+            **{name: getattr(self, name) and not getattr(other, name) for name in _FLAGS},
             groups=self.groups - other.groups,
         )
 
     def __bool__(self) -> bool:
-        return bool(self.diffs or self.approvals or self.commits or self.discussions or self.groups)
+        return any(getattr(self, name) for name in _FLAGS) or bool(self.groups)
 
     def describe(self) -> list[str]:
-        """Names of the facts needed, for logs and `explain`."""
-        names = [
-            f.name for f in dataclasses.fields(self) if f.name != "groups" and getattr(self, f.name)
-        ]
+        """Names of the facts needed, for logs and `explain` (also the keys of `unreadable`)."""
+        names = [name.replace("_", " ") for name in _FLAGS if getattr(self, name)]
         names += [f"members of {group}" for group in sorted(self.groups)]
         return names
 
 
+_FLAGS = tuple(f.name for f in dataclasses.fields(FactNeeds) if f.name != "groups")
 NO_NEEDS = FactNeeds()
 
 
@@ -110,19 +125,33 @@ class MergeRequestFacts:
     source_branch: str = ""
     target_branch: str = ""
     author: User = User(0, "")
+    # The status of the pipeline built for `sha` (None: GitLab has none for this head yet).
     pipeline_status: str | None = None
+    # The head pipeline GitLab shows when it was built for an older head (it lags a push).
+    stale_pipeline_sha: str | None = None
     blocking_discussions_resolved: bool = True
     has_conflicts: bool = False
     web_url: str = ""
+    # GitLab's count of changed files, "1000+" when it cut the diff at the instance's limits.
+    changes_count: str = ""
     # Optional facts: None means "not fetched" (no applicable policy asked for them).
     changed_files: tuple[ChangedFile, ...] | None = None
-    # GitLab cut the list of changed files short (`overflow` of /changes): counts are lower bounds.
-    changed_files_truncated: bool = False
+    # How far the changed files can be trusted (GitLab cuts and collapses big diffs):
+    # every touched path is listed (both sides of renames); len(changed_files) is the number of
+    # changed files; every file's additions and deletions are exact. False: lower bounds.
+    paths_complete: bool = True
+    file_count_exact: bool = True
+    line_counts_exact: bool = True
     approved_by: tuple[User, ...] | None = None
+    # Approvers (lower case) whose approval predates the head while GitLab may still delete it
+    # (it resets approvals about 10 s after a push, without a webhook), and when that doubt
+    # ends on the evaluation's clock.
+    unsettled_approvers: frozenset[str] = frozenset()
+    approvals_settle_at: dt.datetime | None = None
     commits: tuple[Commit, ...] | None = None
     unresolved_threads: int | None = None
-    # Group full path (lower case) -> usernames (lower case), for the groups the policies name.
-    group_members: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Group full path (lower case) -> who counts as a member, for the groups the policies name.
+    group_members: Mapping[str, GroupMembers] = field(default_factory=dict)
     # Optional facts GitLab refused to give (403/404...): fact name (as FactNeeds.describe()
     # names it) -> what GitLab said. Policies needing them fail with that as the reason.
     unreadable: Mapping[str, str] = field(default_factory=dict)

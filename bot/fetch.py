@@ -1,23 +1,61 @@
 """Reading MR facts from GitLab: the snapshot itself plus exactly the optional facts asked for.
 
 All optional facts are fetched concurrently, so an evaluation costs one round trip for the reads
-however many kinds of facts its policies use.
+however many kinds of facts its policies use. Where GitLab's answer may lag or be cut (see
+README, "What the bot will not guess"), the facts say so instead of pretending:
+
+- a head pipeline built for an older head is not the head's pipeline (`pipeline_status` None);
+- a diff GitLab cut or collapsed is completed from GraphQL `diffStats` where it can be, and
+  otherwise marked as a lower bound (`paths_complete`, `file_count_exact`, `line_counts_exact`);
+- approvals given before GitLab recorded the head, in a project that resets approvals on push,
+  are `unsettled_approvers` until GitLab has had time to delete them;
+- a read that answers for another head than the MR read raises `HeadMoved`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import itertools
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from bot.facts import ChangedFile, Commit, FactNeeds, MergeRequestFacts, User
-from bot.gitlab import GitLab, GitLabError, project_ref
+from bot.facts import ChangedFile, Commit, FactNeeds, GroupMembers, MergeRequestFacts, User
+from bot.gitlab import GitLab, GitLabError
 from bot.logs import get_logger
 
 log = get_logger(__name__)
+
+# Who can approve a merge request: Developer (30) or higher (GitLab's `approve_merge_request`
+# needs `update_merge_request`, i.e. developer_access).
+APPROVER_ACCESS = 30
+_ACCESS_NAMES = {5: "a Minimal Access member", 10: "a Guest", 15: "a Planner", 20: "a Reporter"}
+# GitLab deletes approvals 10 s after it records a push (MergeRequestResetApprovalsWorker, run by
+# Sidekiq): until this many seconds after the head's diff version, older approvals may vanish.
+APPROVAL_SETTLE_SECONDS = 30.0
+SETTINGS_TTL = 300.0  # project approval settings change rarely
+MERGE_REF_SUFFIXES = ("/merge", "/train")  # merged-results and merge-train pipeline refs
+
+DIFF_STATS_QUERY = """
+query($fullPath: ID!, $iid: String!) {
+  project(fullPath: $fullPath) {
+    mergeRequest(iid: $iid) {
+      diffRefs { headSha }
+      diffStats { path additions deletions }
+    }
+  }
+}
+"""
+
+
+class HeadMoved(Exception):
+    """A read answered for another head than the one the evaluation judges: look again."""
+
+    def __init__(self, sha: str, seen: str, source: str) -> None:
+        self.sha, self.seen, self.source = sha, seen, source
+        super().__init__(f"{source} answered for {seen[:8]}, the MR read for {sha[:8]}")
 
 
 def _user(data: Any) -> User:
@@ -36,10 +74,21 @@ def _project_path(mr: Mapping[str, Any], fallback: str | None) -> str:
     return fallback or str(mr.get("project_id", ""))
 
 
-def base_facts(mr: Mapping[str, Any], *, project_path: str | None = None) -> MergeRequestFacts:
-    """The MR snapshot from `GET /projects/:id/merge_requests/:iid`, any GitLab version."""
-    labels = mr.get("labels") or []
+def head_pipeline(mr: Mapping[str, Any]) -> Mapping[str, Any] | None:
     pipeline = mr.get("head_pipeline") or mr.get("pipeline")
+    return pipeline if isinstance(pipeline, Mapping) else None
+
+
+def base_facts(mr: Mapping[str, Any], *, project_path: str | None = None) -> MergeRequestFacts:
+    """The MR snapshot from `GET /projects/:id/merge_requests/:iid`, any GitLab version.
+
+    GitLab's `head_pipeline` is the stored association, which keeps the previous head's pipeline
+    after a push until a pipeline for the new head exists: it counts only when built for `sha`
+    (a merged-results pipeline, built on a merge commit, is checked by `read_optional`)."""
+    labels = mr.get("labels") or []
+    sha = str(mr.get("sha") or "")
+    pipeline = head_pipeline(mr)
+    for_head = pipeline is not None and pipeline.get("sha") == sha
     draft = mr.get("draft")
     if draft is None:
         draft = mr.get("work_in_progress", False)
@@ -47,7 +96,7 @@ def base_facts(mr: Mapping[str, Any], *, project_path: str | None = None) -> Mer
         project_id=int(mr["project_id"]),
         project_path=_project_path(mr, project_path),
         iid=int(mr["iid"]),
-        sha=str(mr.get("sha") or ""),
+        sha=sha,
         title=str(mr.get("title") or ""),
         description=str(mr.get("description") or ""),
         labels=tuple(
@@ -58,10 +107,12 @@ def base_facts(mr: Mapping[str, Any], *, project_path: str | None = None) -> Mer
         source_branch=str(mr.get("source_branch") or ""),
         target_branch=str(mr.get("target_branch") or ""),
         author=_user(mr.get("author")),
-        pipeline_status=pipeline.get("status") if isinstance(pipeline, Mapping) else None,
+        pipeline_status=str(pipeline.get("status")) if pipeline and for_head else None,
+        stale_pipeline_sha=str(pipeline.get("sha") or "") if pipeline and not for_head else None,
         blocking_discussions_resolved=bool(mr.get("blocking_discussions_resolved", True)),
         has_conflicts=bool(mr.get("has_conflicts", False)),
         web_url=str(mr.get("web_url") or ""),
+        changes_count=str(mr.get("changes_count") or ""),
     )
 
 
@@ -89,6 +140,14 @@ def changed_file(entry: Mapping[str, Any]) -> ChangedFile:
     )
 
 
+def lines_hidden(entry: Mapping[str, Any]) -> bool:
+    """GitLab did not show this file's lines: collapsed or too large (flagged from 18.4), or an
+    empty diff, which before 18.4 may be either (or a rename, mode change or empty file)."""
+    if entry.get("collapsed") or entry.get("too_large"):
+        return True
+    return not entry.get("diff") and "collapsed" not in entry
+
+
 def _unresolved_threads(discussions: list[Mapping[str, Any]]) -> int:
     unresolved = 0
     for discussion in discussions:
@@ -100,11 +159,27 @@ def _unresolved_threads(discussions: list[Mapping[str, Any]]) -> int:
     return unresolved
 
 
+def _eligibility(member: Mapping[str, Any], today: str) -> str | None:
+    """Why a listed member cannot count as an approver, or None when they can."""
+    if member.get("state", "active") != "active":
+        return f"{member.get('state')} (not an active user)"
+    if member.get("membership_state", "active") not in (None, "active"):
+        return "awaiting approval of their membership"
+    expires = member.get("expires_at")
+    if isinstance(expires, str) and expires and expires < today:
+        return "a member whose access has expired"
+    access = int(member.get("access_level") or 0)
+    if access < APPROVER_ACCESS:
+        return _ACCESS_NAMES.get(access, f"below Developer (access level {access})")
+    return None
+
+
 class GroupDirectory:
     """Group memberships, cached briefly: they change rarely and every evaluation may ask.
 
-    "A member of acme/security" means what people mean by it: a direct member, one inherited
-    from a parent group (GitLab's members/all), or a member of any of its subgroups.
+    "A member of acme/security" means an active member with Developer access or more of the
+    group itself or of one of its subgroups. GitLab's members/all is read too, only to tell
+    who is listed through a parent or shared group (which counts with `inherited: true`).
     """
 
     MAX_SUBGROUPS = 50  # bounds the requests one membership question can cost
@@ -112,15 +187,17 @@ class GroupDirectory:
     def __init__(self, gitlab: GitLab, *, ttl: float = 120.0) -> None:
         self._gitlab = gitlab
         self._ttl = ttl
-        self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+        self._cache: dict[str, tuple[float, GroupMembers]] = {}
 
-    async def members(self, group: str) -> frozenset[str]:
+    async def members(self, group: str) -> GroupMembers:
         key = group.lower()
         cached = self._cache.get(key)
         if cached and time.monotonic() - cached[0] < self._ttl:
             return cached[1]
-        own, subgroups = await asyncio.gather(
-            self._gitlab.group_members(group), self._gitlab.descendant_groups(group)
+        own, everyone, subgroups = await asyncio.gather(
+            self._gitlab.direct_group_members(group),
+            self._gitlab.all_group_members(group),
+            self._gitlab.descendant_groups(group),
         )
         if len(subgroups) > self.MAX_SUBGROUPS:
             log.warning(
@@ -133,103 +210,320 @@ class GroupDirectory:
                 if isinstance(sub, dict) and "id" in sub
             )
         )
-        members = frozenset(
+        today = dt.date.today().isoformat()
+        members: set[str] = set()
+        ineligible: dict[str, str] = {}
+        for member in itertools.chain(own, *below):
+            if not isinstance(member, dict):
+                continue
+            name = str(member.get("username", "")).lower()
+            why = _eligibility(member, today)
+            if why is None:
+                members.add(name)
+            else:
+                ineligible.setdefault(name, why)
+        inherited = {
             str(m.get("username", "")).lower()
-            for m in itertools.chain(own, *below)
-            if isinstance(m, dict) and m.get("state", "active") == "active"
+            for m in everyone
+            if isinstance(m, dict) and _eligibility(m, today) is None
+        } - members
+        result = GroupMembers(
+            frozenset(members),
+            frozenset(inherited),
+            {name: why for name, why in ineligible.items() if name not in members},
         )
-        self._cache[key] = (time.monotonic(), members)
-        return members
+        self._cache[key] = (time.monotonic(), result)
+        return result
 
 
-async def _untruncated(
-    gitlab: GitLab, project_id: int, iid: int, entries: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], bool]:
-    """/changes cut the list (`overflow`, past the instance's diff_max_files): ask again with
-    `access_raw_diffs=true`, which reads the diffs from Gitaly without those limits.
+class ProjectFacts:
+    """What the bot caches about projects and commits between evaluations: approval settings
+    (a few minutes) and merge commits' parents (forever: commits never change)."""
 
-    When that fails too, the first list stands and is marked truncated, so size predicates treat
-    their counts as lower bounds instead of passing on a partial diff.
-    """
-    path = f"/projects/{project_ref(project_id)}/merge_requests/{iid}/changes"
-    try:
-        answer = await gitlab.get(path, {"access_raw_diffs": "true"})
-    except GitLabError as exc:
-        log.warning("diff_truncated", project_id=project_id, iid=iid, error=exc.advice())
-        return entries, True
-    changes = list((answer or {}).get("changes") or [])
-    if (answer or {}).get("overflow") or len(changes) < len(entries):
-        log.warning("diff_truncated", project_id=project_id, iid=iid, files=len(entries))
-        return entries, True
-    log.info("diff_overflow_recovered", project_id=project_id, iid=iid, files=len(changes))
-    return changes, False
+    def __init__(self, gitlab: GitLab, *, ttl: float = SETTINGS_TTL) -> None:
+        self._gitlab = gitlab
+        self._ttl = ttl
+        self._settings: dict[int, tuple[float, bool]] = {}
+        self._parents: dict[tuple[int, str], tuple[str, ...]] = {}
+
+    def resets_approvals(self, project_id: int) -> bool | None:
+        """Cached: whether pushes delete approvals (None: not known lately)."""
+        cached = self._settings.get(project_id)
+        if cached and time.monotonic() - cached[0] < self._ttl:
+            return cached[1]
+        return None
+
+    async def read_resets_approvals(self, project_id: int) -> bool:
+        """Whether a push makes GitLab delete approvals here: `reset_approvals_on_push`, or
+        `selective_code_owner_removals` (deletes some). A project whose settings cannot be
+        read is assumed to reset them (the strict side)."""
+        try:
+            settings = await self._gitlab.approval_settings(project_id)
+        except GitLabError as exc:
+            if exc.transient:
+                raise
+            resets = True
+        else:
+            resets = bool(
+                (settings or {}).get("reset_approvals_on_push", True)
+                or (settings or {}).get("selective_code_owner_removals")
+            )
+        self._settings[project_id] = (time.monotonic(), resets)
+        if len(self._settings) > 10_000:
+            del self._settings[next(iter(self._settings))]
+        return resets
+
+    async def parents(self, project_id: int, sha: str) -> tuple[str, ...]:
+        found = self._parents.get((project_id, sha))
+        if found is None:
+            commit = await self._gitlab.commit(project_id, sha)
+            found = tuple(str(p) for p in (commit or {}).get("parent_ids") or ())
+            self._parents[(project_id, sha)] = found
+            if len(self._parents) > 10_000:
+                del self._parents[next(iter(self._parents))]
+        return found
 
 
-# read_optional's job names -> the fact names FactNeeds.describe() uses.
+# FactReader's job names -> the fact names FactNeeds.describe() uses (keys of `unreadable`).
 _FACT_NAMES = {
     "changed_files": "diffs",
     "approved_by": "approvals",
+    "approval_resets": "approvals",
+    "newest_version": "approvals",
     "commits": "commits",
     "unresolved_threads": "discussions",
 }
 
 
-async def read_optional(
-    gitlab: GitLab, groups: GroupDirectory, project_id: int, iid: int, needs: FactNeeds
-) -> dict[str, Any]:
-    """Fetch the optional facts in `needs`, concurrently; returns MergeRequestFacts field values."""
-    jobs: dict[str, Any] = {}
-    if needs.diffs:
-        jobs["changed_files"] = gitlab.changed_files(project_id, iid)
-    if needs.approvals:
-        jobs["approved_by"] = gitlab.approvals(project_id, iid)
-    if needs.commits:
-        jobs["commits"] = gitlab.commits(project_id, iid)
-    if needs.discussions:
-        jobs["unresolved_threads"] = gitlab.discussions(project_id, iid)
-    group_names = sorted(needs.groups)
-    for group in group_names:
-        jobs[f"group:{group}"] = groups.members(group)
-    if not jobs:
-        return {}
-    answers = await asyncio.gather(*jobs.values(), return_exceptions=True)
-    results: dict[str, Any] = {}
-    unreadable: dict[str, str] = {}
-    for job, answer in zip(jobs, answers, strict=True):
-        if isinstance(answer, GitLabError) and not answer.transient:
-            # A refusal (403, 404...) will not go away by asking again: judge the policies that
-            # need this fact as failed with GitLab's answer, and every other policy as usual.
-            unreadable[_FACT_NAMES.get(job, job.replace("group:", "members of "))] = answer.advice()
-        elif isinstance(answer, BaseException):
-            raise answer  # transient: the whole evaluation is retried later
-        else:
-            results[job] = answer
-    fields: dict[str, Any] = {}
-    if unreadable:
-        fields["unreadable"] = unreadable
-    if "changed_files" in results:
-        entries, truncated = results["changed_files"]
-        if truncated:
-            entries, truncated = await _untruncated(gitlab, project_id, iid, entries)
-        fields["changed_files"] = tuple(changed_file(e) for e in entries)
-        fields["changed_files_truncated"] = truncated
-    if "approved_by" in results:
-        fields["approved_by"] = tuple(_user(u) for u in results["approved_by"])
-    if "commits" in results:
-        fields["commits"] = tuple(
-            Commit(
-                sha=str(c.get("id", "")),
-                message=str(c.get("message") or c.get("title") or ""),
-                author_email=str(c.get("author_email") or ""),
+def _parse_time(text: Any) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class FactReader:
+    """Reads the optional facts an evaluation needs, for one head SHA."""
+
+    def __init__(
+        self,
+        gitlab: GitLab,
+        groups: GroupDirectory | None = None,
+        projects: ProjectFacts | None = None,
+        *,
+        settle_seconds: float = APPROVAL_SETTLE_SECONDS,
+    ) -> None:
+        self.gitlab = gitlab
+        self.groups = groups or GroupDirectory(gitlab)
+        self.projects = projects or ProjectFacts(gitlab)
+        self.settle_seconds = settle_seconds
+
+    async def read(
+        self, mr: Mapping[str, Any], facts: MergeRequestFacts, needs: FactNeeds
+    ) -> dict[str, Any]:
+        """Fetch the optional facts in `needs` for the MR `mr` (its JSON) whose base facts are
+        `facts`; returns MergeRequestFacts field values. Raises HeadMoved when a read shows
+        another head, GitLabError when GitLab failed transiently."""
+        raw = await self.fetch(facts.project_id, facts.iid, needs)
+        return await self.interpret(raw, mr, facts, needs)
+
+    async def fetch(self, project_id: int, iid: int, needs: FactNeeds) -> dict[str, Any]:
+        """The reads `needs` takes that depend on nothing but the MR's key, concurrently:
+        {job: answer or the GitLabError it raised}. Transient errors are raised."""
+        gitlab = self.gitlab
+        jobs: dict[str, Any] = {}
+        if needs.diffs or needs.line_counts:
+            jobs["changed_files"] = gitlab.changed_files(project_id, iid)
+        if needs.approvals:
+            jobs["approved_by"] = gitlab.approvals(project_id, iid)
+            resets = self.projects.resets_approvals(project_id)
+            if resets is None:
+                jobs["approval_resets"] = self.projects.read_resets_approvals(project_id)
+            if resets is not False:
+                jobs["newest_version"] = gitlab.newest_version(project_id, iid)
+        if needs.commits:
+            jobs["commits"] = gitlab.commits(project_id, iid)
+        if needs.discussions:
+            jobs["unresolved_threads"] = gitlab.discussions(project_id, iid)
+        for group in sorted(needs.groups):
+            jobs[f"group:{group}"] = self.groups.members(group)
+        if not jobs:
+            return {}
+        answers = await asyncio.gather(*jobs.values(), return_exceptions=True)
+        raw: dict[str, Any] = {}
+        for job, answer in zip(jobs, answers, strict=True):
+            if isinstance(answer, BaseException) and not (
+                isinstance(answer, GitLabError) and not answer.transient
+            ):
+                raise answer  # transient: the whole evaluation is retried later
+            raw[job] = answer
+        return raw
+
+    async def interpret(
+        self,
+        raw: Mapping[str, Any],
+        mr: Mapping[str, Any],
+        facts: MergeRequestFacts,
+        needs: FactNeeds,
+    ) -> dict[str, Any]:
+        """Turn fetched answers into fact fields for the head `facts.sha`, with the follow-up
+        reads that depend on the MR read (diffStats of a cut diff, a merge commit's parents)."""
+        unreadable: dict[str, str] = {}
+        results: dict[str, Any] = {}
+        for job, answer in raw.items():
+            if isinstance(answer, GitLabError):
+                # A refusal (403, 404...) will not go away by asking again: the rules that need
+                # this fact are undecided with GitLab's answer; every other rule as usual.
+                unreadable[_FACT_NAMES.get(job, job.replace("group:", "members of "))] = (
+                    answer.advice()
+                )
+            else:
+                results[job] = answer
+        fields: dict[str, Any] = {}
+        if "changed_files" in results:
+            fields.update(await self._diff_fields(facts, needs, results["changed_files"]))
+        if "approved_by" in results:
+            fields.update(self._approval_fields(facts, results))
+        if "commits" in results:
+            fields["commits"] = tuple(
+                Commit(
+                    sha=str(c.get("id", "")),
+                    message=str(c.get("message") or c.get("title") or ""),
+                    author_email=str(c.get("author_email") or ""),
+                )
+                for c in results["commits"]
             )
-            for c in results["commits"]
+        if "unresolved_threads" in results:
+            fields["unresolved_threads"] = _unresolved_threads(results["unresolved_threads"])
+        if needs.pipeline:
+            fields.update(await self._pipeline_fields(mr, facts, unreadable))
+        groups = {
+            job[len("group:") :]: answer
+            for job, answer in results.items()
+            if job.startswith("group:")
+        }
+        if groups:
+            fields["group_members"] = {group.lower(): found for group, found in groups.items()}
+        if unreadable:
+            fields["unreadable"] = unreadable
+        return fields
+
+    async def _pipeline_fields(
+        self, mr: Mapping[str, Any], facts: MergeRequestFacts, unreadable: dict[str, str]
+    ) -> dict[str, Any]:
+        """A head pipeline on a merge commit (merged results, merge train: `ref` ends in /merge
+        or /train) counts for the head when the head is one of the commit's parents: GitLab's
+        own `diff_head_pipeline` accepts it because its `source_sha` (not in the API) is the
+        head. Any other pipeline for another SHA is stale (base_facts)."""
+        pipeline = head_pipeline(mr)
+        if (
+            not facts.stale_pipeline_sha
+            or pipeline is None
+            or not str(pipeline.get("ref") or "").endswith(MERGE_REF_SUFFIXES)
+        ):
+            return {}
+        try:
+            parents = await self.projects.parents(facts.project_id, facts.stale_pipeline_sha)
+        except GitLabError as exc:
+            if exc.transient:
+                raise
+            unreadable["pipeline"] = exc.advice()
+            return {}
+        if facts.sha not in parents:
+            return {}
+        return {"pipeline_status": str(pipeline.get("status")), "stale_pipeline_sha": None}
+
+    async def _diff_fields(
+        self, facts: MergeRequestFacts, needs: FactNeeds, listing: tuple[list[Any], bool]
+    ) -> dict[str, Any]:
+        """The changed files, completed from GraphQL diffStats where GitLab's listing is cut
+        (`changes_count` "1000+") or hides lines (collapsed, too large) and they matter."""
+        entries, overflow = listing
+        cut = overflow or facts.changes_count.endswith("+")
+        hidden = any(lines_hidden(e) for e in entries)
+        files = tuple(changed_file(e) for e in entries)
+        fields: dict[str, Any] = {
+            "changed_files": files,
+            "paths_complete": not cut,
+            "file_count_exact": not cut,
+            "line_counts_exact": not cut and not hidden,
+        }
+        if not (cut or (needs.line_counts and hidden)):
+            return fields
+        stats = await self._diff_stats(facts)
+        if stats is None:
+            return fields
+        listed = {f.new_path: f for f in files}
+        fields["changed_files"] = tuple(
+            dataclasses.replace(
+                listed.get(path) or ChangedFile(old_path=path, new_path=path),
+                additions=additions,
+                deletions=deletions,
+            )
+            for path, additions, deletions in stats
         )
-    if "unresolved_threads" in results:
-        fields["unresolved_threads"] = _unresolved_threads(results["unresolved_threads"])
-    readable_groups = [g for g in group_names if f"group:{g}" in results]
-    if readable_groups:
-        fields["group_members"] = {g.lower(): results[f"group:{g}"] for g in readable_groups}
-    return fields
+        # Every file and its lines are now known; a rename's old path only where GitLab listed
+        # the file (diffStats shows new paths).
+        fields.update(file_count_exact=True, line_counts_exact=True)
+        return fields
+
+    async def _diff_stats(self, facts: MergeRequestFacts) -> list[tuple[str, int, int]] | None:
+        """GraphQL `diffStats` (from Gitaly, without the diff display limits), bound to the
+        head it was computed for; None when GitLab will not give them."""
+        try:
+            data = await self.gitlab.graphql(
+                DIFF_STATS_QUERY, {"fullPath": facts.project_path, "iid": str(facts.iid)}
+            )
+        except GitLabError as exc:
+            if exc.transient:
+                raise
+            log.warning("diff_stats_unavailable", project=facts.project_path, error=exc.advice())
+            return None
+        merge_request = ((data.get("project") or {}).get("mergeRequest")) or {}
+        head = ((merge_request.get("diffRefs") or {}).get("headSha")) or ""
+        if head != facts.sha:
+            raise HeadMoved(facts.sha, head, "GraphQL diffStats")
+        stats = merge_request.get("diffStats")
+        if not isinstance(stats, list):
+            return None
+        return [
+            (str(s.get("path") or ""), int(s.get("additions") or 0), int(s.get("deletions") or 0))
+            for s in stats
+            if isinstance(s, Mapping)
+        ]
+
+    def _approval_fields(self, facts: MergeRequestFacts, results: Mapping[str, Any]) -> dict:
+        """Approvers, and which of them GitLab may still delete after the latest push."""
+        entries = results["approved_by"]
+        fields: dict[str, Any] = {
+            "approved_by": tuple(_user(e.get("user")) for e in entries),
+        }
+        resets = results.get("approval_resets", self.projects.resets_approvals(facts.project_id))
+        version = results.get("newest_version")
+        if not resets or version is None:
+            return fields
+        head = str(version.get("head_commit_sha") or "")
+        if head and head != facts.sha:
+            raise HeadMoved(facts.sha, head, "the newest diff version")
+        recorded = _parse_time(version.get("created_at"))
+        if recorded is None:
+            return fields
+        gitlab_now = self.gitlab.server_clock.now()
+        settles = recorded + self.settle_seconds
+        if gitlab_now >= settles:
+            return fields  # GitLab has had its time: what it shows now is settled
+        unsettled = frozenset(
+            str((e.get("user") or {}).get("username", "")).lower()
+            for e in entries
+            if (_parse_time(e.get("approved_at")) or 0.0) <= recorded
+        )
+        if unsettled:
+            fields["unsettled_approvers"] = unsettled
+            # GitLab's Date header is whole seconds, rounded down: this errs on the late side.
+            fields["approvals_settle_at"] = facts.now + dt.timedelta(seconds=settles - gitlab_now)
+        return fields
 
 
 def merge_facts(facts: MergeRequestFacts, *optional: Mapping[str, Any]) -> MergeRequestFacts:

@@ -7,6 +7,7 @@ and the error sentences an operator can act on live in one place.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import random
 import re
 import time
@@ -142,6 +143,31 @@ class RateLimitPacer:
 MAX_PACING_DELAY = 30.0
 
 
+class ServerClock:
+    """GitLab's own clock, from the `Date` header of its answers: a bot on a host whose clock is
+    off must still tell when GitLab recorded a push relative to GitLab's now (timestamps in
+    answers are GitLab's). One-second resolution, which the settling windows allow for."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0  # GitLab's time minus ours, in seconds
+        self.known = False
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        date = headers.get("Date") or headers.get("date")
+        if not date:
+            return
+        try:
+            server = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return
+        self.offset = server - time.time()
+        self.known = True
+
+    def now(self) -> float:
+        """GitLab's current time as a Unix timestamp (ours until GitLab has answered)."""
+        return time.time() + self.offset
+
+
 class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
     """gidgetlab's aiohttp client with a timeout, retries and a concurrency limit per request."""
 
@@ -162,6 +188,7 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
         self._max_attempts = max_attempts
         self._on_response = on_response
         self.pacer = RateLimitPacer()
+        self.clock = ServerClock()
 
     def format_url(self, url: str, params: Mapping[str, Any]) -> str:
         """gidgetlab's URL building without its per-request `urljoin`/`urlparse`/`parse_qs` for
@@ -210,6 +237,7 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
                 await asyncio.sleep(_backoff(attempt))
                 continue
             self.pacer.observe(resp_headers)
+            self.clock.observe(resp_headers)
             if self._on_response:
                 self._on_response(method, url, status, resp_headers)
             if (
@@ -332,6 +360,23 @@ class GitLab:
     async def post(self, path: str, data: Any) -> Any:
         return await self._call(self.api.post(path, data=data), path)
 
+    async def graphql(self, query: str, variables: Mapping[str, Any]) -> dict[str, Any]:
+        """One GraphQL query (`/api/graphql`, same token); its `data`. GraphQL answers errors
+        with HTTP 200 and an `errors` list: those become a GitLabError (422), not data."""
+        url = self.api.api_url.rsplit("/v4", 1)[0] + "/graphql"
+        answer = await self._call(
+            self.api.post(url, data={"query": query, "variables": dict(variables)}), "/graphql"
+        )
+        errors = (answer or {}).get("errors") if isinstance(answer, dict) else None
+        if errors or not isinstance(answer, dict):
+            message = "; ".join(str(e.get("message", e)) for e in errors or [answer])[:300]
+            raise GitLabError(422, f"GraphQL: {message}", path="/graphql")
+        return dict(answer.get("data") or {})
+
+    @property
+    def server_clock(self) -> ServerClock:
+        return self.api.clock
+
     async def put(self, path: str, data: Any) -> Any:
         return await self._call(self.api.put(path, data=data), path)
 
@@ -379,8 +424,21 @@ class GitLab:
         return list(answer.get("changes") or []), bool(answer.get("overflow"))
 
     async def approvals(self, project: int | str, iid: int) -> list[dict[str, Any]]:
+        """`approved_by` entries: `{user, approved_at}` (approved_at only on recent GitLab)."""
         answer = await self.get(f"{self._mr_path(project, iid)}/approvals")
-        return [entry.get("user") or {} for entry in (answer or {}).get("approved_by") or []]
+        return [e for e in (answer or {}).get("approved_by") or [] if isinstance(e, dict)]
+
+    async def approval_settings(self, project: int | str) -> dict[str, Any]:
+        """The project's approval settings (`reset_approvals_on_push`...; Premium and up)."""
+        return await self.get(f"/projects/{project_ref(project)}/approvals")
+
+    async def newest_version(self, project: int | str, iid: int) -> dict[str, Any] | None:
+        """The MR's newest diff version: the head GitLab recorded last, and when."""
+        answer = await self.get(f"{self._mr_path(project, iid)}/versions", {"per_page": 1})
+        return answer[0] if isinstance(answer, list) and answer else None
+
+    async def commit(self, project: int | str, sha: str) -> dict[str, Any]:
+        return await self.get(f"/projects/{project_ref(project)}/repository/commits/{sha}")
 
     async def commits(self, project: int | str, iid: int) -> list[dict[str, Any]]:
         return await self.get_all(f"{self._mr_path(project, iid)}/commits")
@@ -388,12 +446,13 @@ class GitLab:
     async def discussions(self, project: int | str, iid: int) -> list[dict[str, Any]]:
         return await self.get_all(f"{self._mr_path(project, iid)}/discussions")
 
-    async def group_members(self, group: str | int) -> list[dict[str, Any]]:
-        """Direct and inherited members (members/all) of a group."""
+    async def all_group_members(self, group: str | int) -> list[dict[str, Any]]:
+        """members/all: direct members plus those inherited from ancestor groups and from groups
+        shared into the group (broad: every member of `acme` is listed for `acme/security`)."""
         return await self.get_all(f"/groups/{project_ref(group)}/members/all")
 
     async def direct_group_members(self, group: str | int) -> list[dict[str, Any]]:
-        """A group's own members (a subgroup's parents' members are already known)."""
+        """A group's own members."""
         return await self.get_all(f"/groups/{project_ref(group)}/members")
 
     async def descendant_groups(self, group: str | int) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ import time
 import traceback
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import formatdate
 from http import HTTPStatus
@@ -56,10 +56,27 @@ JSON = dict[str, Any]
 Callback = Callable[["Call"], Any]  # may return an awaitable
 
 API_PREFIX = "/api/v4"
+GRAPHQL_PATH = "/api/graphql"
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
 COUNT_LIMIT = 10_000  # past this GitLab stops counting: no x-total, x-total-pages, rel="last"
-MAX_DIFF_FILES = 1000  # GitLab's default diff_max_files: /changes truncates and sets overflow
+# The instance's diff limits (application settings diff_max_files / diff_max_lines /
+# diff_max_patch_bytes, defaults in app/models/commit.rb and application_setting.rb). GitLab stores
+# an MR's diff only up to them (MergeRequestDiff#save_diffs with Commit.max_diff_options), and
+# collapses files past a tenth of them when it presents a diff that is not expanded
+# (Gitlab::Git::DiffCollection, DIFF_SAFE_LIMIT_FACTOR = 10).
+MAX_DIFF_FILES = 1000
+MAX_DIFF_LINES = 50_000
+MAX_PATCH_BYTES = 200 * 1024
+SAFE_LIMIT_FACTOR = 10
+# /diffs pages hold at most 30 files, whatever per_page asks
+# (lib/gitlab/diff/file_collection/paginated_merge_request_diff.rb, DEFAULT_PER_PAGE = 30).
+MAX_DIFFS_PER_PAGE = 30
+# Approvals are deleted this long after a push in projects that reset them
+# (ee/app/services/ee/merge_requests/refresh_service.rb:
+# MergeRequestResetApprovalsWorker.perform_in(10.seconds, ...)).
+APPROVAL_RESET_DELAY = 10.0
+SEEDED_MR_AGE = 3600.0  # how long ago an MR added by add_mr was created (its first version)
 UNKNOWN_ROUTE = {"error": "404 Not Found"}
 
 
@@ -122,6 +139,10 @@ def record_not_found() -> ApiError:
 def sha_for(seed: str) -> str:
     """A stable, realistic 40-hex commit SHA derived from `seed`."""
     return hashlib.sha1(seed.encode()).hexdigest()
+
+
+def _parse_iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def iso(ts: float) -> str:
@@ -286,9 +307,16 @@ class MergeRequest:
     approvals_required: int = 0
     discussions: list[JSON] = field(default_factory=list)
     pipelines: list[JSON] = field(default_factory=list)  # newest first
+    head_pipeline_id: int | None = None  # the stored column; see _update_head_pipeline
     responses: list[StatusResponse] = field(default_factory=list)  # oldest first
     head_since: float = 0.0  # when the current head SHA arrived (16.6+ pending timeout)
     fixed_merge_status: str | None = None  # a detailed_merge_status the test pinned
+    # Approval rows' created_at (wall clock, see FakeGitLab.wall), by user id.
+    approved_at: dict[int, float] = field(default_factory=dict)
+    # The MR's diff versions (merge_request_diffs), oldest first; one per head GitLab recorded.
+    versions: list[JSON] = field(default_factory=list)
+    # Approval resets GitLab has scheduled but not run yet: (due on FakeGitLab.now(), head SHA).
+    pending_resets: list[tuple[float, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -296,6 +324,23 @@ class Project:
     data: JSON
     namespace_path: str
     mrs: dict[int, MergeRequest] = field(default_factory=dict)
+    # GET /projects/:id/approvals (ee/lib/api/entities/approval_settings.rb)
+    approval_settings: JSON = field(
+        default_factory=lambda: {
+            "approvers": [],
+            "approver_groups": [],
+            "approvals_before_merge": 0,
+            "reset_approvals_on_push": True,  # GitLab's default for a new project
+            "selective_code_owner_removals": False,
+            "disable_overriding_approvers_per_merge_request": False,
+            "merge_requests_author_approval": False,
+            "merge_requests_disable_committers_approval": False,
+            "require_password_to_approve": False,
+        }
+    )
+    # Commits the repository holds beyond the MRs' own (merge commits of merged-results
+    # pipelines), by SHA: GET /projects/:id/repository/commits/:sha.
+    commits: dict[str, JSON] = field(default_factory=dict)
     checks: dict[int, JSON] = field(default_factory=dict)  # includes the secret; never rendered
     protected_branches: dict[int, JSON] = field(default_factory=dict)
     hooks: dict[int, JSON] = field(default_factory=dict)  # includes the token; never rendered
@@ -305,6 +350,8 @@ class Project:
 class Group:
     data: JSON
     members: list[JSON] = field(default_factory=list)
+    # Groups invited into this one ("share group with group"): (group id, max access level).
+    shared_with_groups: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -404,6 +451,9 @@ class FakeGitLab:
         # Status check behaviour
         self.pending_timeout: float | None = 120.0  # 16.6+: pending turns failed after this
         self.legacy_status_checks: bool | None = None  # None: decided by version (< 15.0)
+        # Seconds after a push when GitLab deletes approvals (a test may shorten it, with the
+        # bot's APPROVAL_SETTLE_SECONDS shortened to match).
+        self.approval_reset_delay = APPROVAL_RESET_DELAY
         # Record
         self.calls: list[Call] = []
         self.errors: list[BaseException] = []  # exceptions raised in handlers or callbacks
@@ -479,8 +529,14 @@ class FakeGitLab:
         """The fake's clock: time.monotonic() plus whatever `advance()` added."""
         return time.monotonic() + self._time_offset
 
+    def wall(self) -> float:
+        """The fake's wall clock (time.time() plus whatever `advance()` added): the timestamps
+        it shows (approved_at, versions' created_at, pipelines) and its `Date` header."""
+        return time.time() + self._time_offset
+
     def advance(self, seconds: float) -> None:
-        """Move the fake's clock forward, e.g. past the 16.6+ two-minute pending timeout."""
+        """Move the fake's clock forward, e.g. past the 16.6+ two-minute pending timeout or the
+        10 s after a push when GitLab deletes approvals."""
         self._time_offset += seconds
 
     def _next_id(self, explicit: int | None = None) -> int:
@@ -591,7 +647,7 @@ class FakeGitLab:
         because GitLab derives one from the other.
         """
         project = self.projects[project_id]
-        now = time.time()
+        now = self.wall()
         title = str(fields.pop("title", f"Change {iid}"))
         draft = fields.pop("draft", None)
         if draft is None:
@@ -663,6 +719,7 @@ class FakeGitLab:
         head_pipeline = fields.pop("head_pipeline", None)
         data.update(fields)
         project.mrs[iid] = mr
+        self._add_version(mr)
         if diffs is not None:
             self.set_diffs(project_id, iid, diffs)
         self.set_commits(
@@ -717,6 +774,12 @@ class FakeGitLab:
         project = self.projects[project_id]
         mr = project.mrs[iid]
         mr.diffs = [_diff_entry(f) for f in files]
+        if mr.versions:  # a test's shortcut: the current head's version shows this change
+            stored, overflow = _stored_diffs(mr.diffs)
+            mr.versions[-1].update(
+                state="overflow" if overflow else "collected",
+                real_size=f"{len(stored)}+" if overflow else str(len(stored)),
+            )
         self._touch(project, mr)
 
     def push(
@@ -727,79 +790,190 @@ class FakeGitLab:
         *,
         message: str | None = None,
         pipeline: str | None = None,
-        reset_approvals: bool = False,
+        reset_approvals: bool | None = None,
+        diffs: Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
-        """The source branch moves to `sha`: every status check is pending again for the new SHA
-        (responses for the old SHA stay stored but no longer count), `head_pipeline` is null until
-        a pipeline for the new SHA exists (`pipeline` creates one at once), and with `message` a
-        commit is added on top. `reset_approvals` mimics "Remove all approvals when commits are
-        added"."""
+        """The source branch moves to `sha`, as GitLab records a push (MergeRequests::
+        RefreshService → reload_diff → a new merge_request_diff, the MR's `sha`):
+
+        - a new diff version (GET .../versions); with `diffs`, the change it shows;
+        - status checks show `pending` for the new SHA (no response row for it yet);
+        - `head_pipeline` keeps pointing at the old head's pipeline until one exists for the new
+          head (app/models/merge_request.rb: `update_head_pipeline` only ever sets it to a
+          pipeline matching `diff_head_sha`; the push never clears it). `pipeline` creates one
+          for the new head at once;
+        - where the project resets approvals on push (GET /projects/:id/approvals,
+          `reset_approvals_on_push`, on by default; `reset_approvals` overrides it for this
+          push), the approvals are deleted APPROVAL_RESET_DELAY (10 s) later on the fake's clock,
+          with no webhook (MergeRequestResetApprovalsWorker.perform_in(10.seconds));
+        - with `message`, a commit is added on top."""
         project = self.projects[project_id]
         mr = project.mrs[iid]
         mr.data["sha"] = sha
         mr.head_since = self.now()
-        mr.data["head_pipeline"] = None
-        mr.data["pipeline"] = None
         if message is not None:
             mr.commits.insert(0, _commit({"id": sha, "message": message}, self.url, project))
-        if reset_approvals:
-            mr.approved_by.clear()
+        if diffs is not None:
+            mr.diffs = [_diff_entry(f) for f in diffs]
+        self._add_version(mr)
+        resets = project.approval_settings["reset_approvals_on_push"]
+        if reset_approvals if reset_approvals is not None else resets:
+            mr.pending_resets.append((self.now() + self.approval_reset_delay, sha))
         if pipeline is not None:
             self.set_pipeline(project_id, iid, pipeline)
         self._touch(project, mr)
 
+    def settle_approvals(self, project_id: int, iid: int) -> None:
+        """Run the approval resets GitLab scheduled for this MR now (as if 10 s had passed for
+        them), without moving the clock."""
+        mr = self.projects[project_id].mrs[iid]
+        mr.pending_resets = [(self.now(), sha) for _, sha in mr.pending_resets]
+        self._apply_resets(mr)
+
+    def _apply_resets(self, mr: MergeRequest) -> None:
+        """Approval resets whose time has come delete every approval
+        (ee/app/services/merge_requests/reset_approvals_service.rb: `delete_approvals`;
+        17.x+ keeps an approval whose patch_id_sha matches, which the fake does not model)."""
+        due = [r for r in mr.pending_resets if r[0] <= self.now()]
+        if not due:
+            return
+        mr.pending_resets = [r for r in mr.pending_resets if r[0] > self.now()]
+        mr.approved_by.clear()
+        mr.approved_at.clear()
+
+    def _add_version(self, mr: MergeRequest) -> None:
+        """A merge_request_diff row for the current head (lib/api/entities/merge_request_diff.rb
+        shape); `state` is "overflow" when the stored diff was cut at the instance's limits."""
+        stored, overflow = _stored_diffs(mr.diffs)
+        base = mr.data.get("diff_refs") or {}
+        version = {
+            "id": self._next_id(),
+            "head_commit_sha": mr.data["sha"],
+            "base_commit_sha": base.get("base_sha") or sha_for(f"base/{mr.data['target_branch']}"),
+            "start_commit_sha": base.get("start_sha")
+            or sha_for(f"base/{mr.data['target_branch']}"),
+            # An MR a test adds has existed for a while (its first version is settled); a push
+            # is recorded now.
+            "created_at": iso(self.wall() - (SEEDED_MR_AGE if not mr.versions else 0.0)),
+            "merge_request_id": mr.data["id"],
+            "state": "overflow" if overflow else "collected",
+            "real_size": f"{len(stored)}+" if overflow else str(len(stored)),
+            "patch_id_sha": sha_for(f"patch/{mr.data['sha']}"),
+        }
+        mr.versions.append(version)
+
     def set_pipeline(self, project_id: int, iid: int, status: str | None, **fields: Any) -> None:
-        """Set the head pipeline's status (None: no pipeline). A pipeline for the current SHA is
-        updated in place; otherwise a new one is created and listed first in /pipelines."""
+        """Create or update a pipeline and let GitLab pick the head pipeline.
+
+        `status` None removes the head pipeline (a test's shortcut for "no pipeline ever ran").
+        Otherwise the pipeline for `sha` (default: the current head) is updated in place, or a new
+        one is created (listed first in /pipelines). With `merged_results=True` it is a
+        merged-results pipeline (ee/app/services/ee/merge_requests/create_pipeline_service.rb):
+        it runs on `refs/merge-requests/:iid/merge`, its `sha` is a merge commit of the target
+        branch and `sha` (parent_ids [target, source]), and it remembers `source_sha` — which the
+        API never shows (lib/api/entities/ci/pipeline_basic.rb exposes id, iid, project_id, sha,
+        ref, status, source, created_at, updated_at, web_url). `merge_train=True` likewise on
+        `refs/merge-requests/:iid/train`. Then `update_head_pipeline` runs."""
         project = self.projects[project_id]
         mr = project.mrs[iid]
         if status is None:
-            mr.data["head_pipeline"] = None
-            mr.data["pipeline"] = None
+            mr.head_pipeline_id = None
             self._touch(project, mr)
             return
-        sha = fields.get("sha", mr.data["sha"])
-        current = mr.data.get("head_pipeline")
-        now = iso(time.time())
-        if current is not None and current["sha"] == sha and "id" not in fields:
-            current["status"] = status
-            current["updated_at"] = now
-            pipeline = current
-        else:
+        source_sha = fields.get("sha", mr.data["sha"])
+        kind = (
+            "train"
+            if fields.get("merge_train")
+            else "merge"
+            if fields.get("merged_results")
+            else ""
+        )
+        now = iso(self.wall())
+        pipeline = next(
+            (
+                p
+                for p in mr.pipelines
+                if p["_source_sha"] == source_sha and p["_kind"] == kind and "id" not in fields
+            ),
+            None,
+        )
+        if pipeline is None:
             pid = self._next_id(fields.get("id"))
             path = project.data["path_with_namespace"]
+            sha, target_sha = source_sha, None
+            ref = fields.get("ref", f"refs/merge-requests/{iid}/head")
+            if kind:
+                target_sha = sha_for(f"target/{project_id}/{mr.data['target_branch']}/{pid}")
+                sha = sha_for(f"merge/{source_sha}/{target_sha}")
+                ref = f"refs/merge-requests/{iid}/{kind}"
+                project.commits[sha] = _commit(
+                    {
+                        "id": sha,
+                        "message": f"Merge branch '{mr.data['source_branch']}' into "
+                        f"'{mr.data['target_branch']}'",
+                        "parent_ids": [target_sha, source_sha],
+                    },
+                    self.url,
+                    project,
+                )
             pipeline = {
                 "id": pid,
                 "iid": len(mr.pipelines) + 1,
                 "project_id": project_id,
                 "sha": sha,
-                "ref": f"refs/merge-requests/{iid}/head",
+                "ref": ref,
                 "status": status,
                 "source": fields.get("source", "merge_request_event"),
                 "created_at": now,
                 "updated_at": now,
                 "web_url": f"{self.url}/{path}/-/pipelines/{pid}",
+                "_source_sha": source_sha,
+                "_target_sha": target_sha,
+                "_kind": kind,
             }
             mr.pipelines.insert(0, pipeline)
-        for entry in mr.pipelines:
-            if entry["id"] == pipeline["id"]:
-                entry.update(status=status, updated_at=now)
-        mr.data["head_pipeline"] = pipeline if sha == mr.data["sha"] else None
-        mr.data["pipeline"] = _pipeline_basic(pipeline) if mr.data["head_pipeline"] else None
+        pipeline.update(status=status, updated_at=now)
+        self._update_head_pipeline(mr)
         self._touch(project, mr)
 
+    def _update_head_pipeline(self, mr: MergeRequest) -> None:
+        """app/models/merge_request.rb `update_head_pipeline`: the newest pipeline whose `sha` or
+        `source_sha` is the head (`for_sha_or_source_sha(diff_head_sha)`, merge-request
+        pipelines first: Ci::PipelinesForMergeRequestFinder), and only if there is one: a push
+        leaves the old pipeline in place until a pipeline for the new head exists."""
+        head = mr.data["sha"]
+        matching = [p for p in mr.pipelines if head in (p["sha"], p["_source_sha"])]
+        if matching:
+            matching.sort(key=lambda p: (p["source"] != "merge_request_event", -p["id"]))
+            mr.head_pipeline_id = matching[0]["id"]
+
+    def _head_pipeline(self, mr: MergeRequest) -> JSON | None:
+        return next((p for p in mr.pipelines if p["id"] == mr.head_pipeline_id), None)
+
     def approve(self, project_id: int, iid: int, user: Mapping[str, Any]) -> None:
+        """`user` approves now (one Approval row per user; its created_at is `approved_at`)."""
         project = self.projects[project_id]
         mr = project.mrs[iid]
+        self._apply_resets(mr)
         if all(u["id"] != user["id"] for u in mr.approved_by):
             mr.approved_by.append(_user(user, self.url))
+            # Nobody approves a head before GitLab recorded it: strictly after its version.
+            recorded = _parse_iso(mr.versions[-1]["created_at"]) if mr.versions else 0.0
+            mr.approved_at[int(user["id"])] = max(self.wall(), recorded + 0.001)
         self._touch(project, mr)
 
     def unapprove(self, project_id: int, iid: int, user: Mapping[str, Any]) -> None:
         project = self.projects[project_id]
         mr = project.mrs[iid]
         mr.approved_by = [u for u in mr.approved_by if u["id"] != user["id"]]
+        mr.approved_at.pop(int(user["id"]), None)
         self._touch(project, mr)
+
+    def approvers(self, project_id: int, iid: int) -> list[str]:
+        """Who GitLab counts as having approved now (pending resets applied)."""
+        mr = self.projects[project_id].mrs[iid]
+        self._apply_resets(mr)
+        return [u["username"] for u in mr.approved_by]
 
     def set_commits(self, project_id: int, iid: int, commits: Iterable[Mapping[str, Any]]) -> None:
         """Set the MR's commits, newest first as GitLab lists them. Each: id (or sha), message,
@@ -900,13 +1074,21 @@ class FakeGitLab:
             self.add_group_member(id, member)
         return data
 
+    def share_group(self, group_id: int, with_group_id: int, access_level: int = 30) -> None:
+        """Invite group `with_group_id` into group `group_id` ("share group with group"): its
+        members appear in `group_id`'s members/all, never in its direct members."""
+        self.groups[group_id].shared_with_groups.append((with_group_id, access_level))
+
     def add_group_member(self, group_id: int, user: Mapping[str, Any]) -> JSON:
+        """Member fields (lib/api/entities/member.rb, ee/lib/ee/api/entities/member.rb): the
+        user's `state` (active, blocked...), `access_level` (default 30, Developer) and
+        `membership_state` (active, awaiting)."""
         member = _user(user, self.url)
         member.update(
             access_level=int(user.get("access_level", 30)),
             created_at=iso(time.time()),
-            expires_at=None,
-            membership_state="active",
+            expires_at=user.get("expires_at"),
+            membership_state=user.get("membership_state", "active"),
         )
         group = self.groups[group_id]
         group.members = [m for m in group.members if m["id"] != member["id"]] + [member]
@@ -1067,6 +1249,8 @@ class FakeGitLab:
                 call.finished = time.monotonic()
                 return web.Response(status=499)  # never reaches the client
             call.status = response.status
+            # The fake's own clock, so a test that advance()s time moves GitLab's `Date` too.
+            response.headers["Date"] = formatdate(self.wall(), usegmt=True)
             call.finished = time.monotonic()
             if isinstance(response, web.Response) and response.body is not None:
                 call.response = _decode(response)
@@ -1175,6 +1359,11 @@ class FakeGitLab:
 
     def _route(self, request: web.Request, call: Call) -> web.StreamResponse:
         raw = request.rel_url.raw_path
+        if raw.rstrip("/") == GRAPHQL_PATH:
+            if request.method != "POST":
+                raise ApiError(405, {"error": "405 Not Allowed"})
+            call.route = f"POST {GRAPHQL_PATH}"
+            return web.json_response(self._graphql(call.json))
         if not raw.startswith(API_PREFIX + "/"):
             raise ApiError(404, UNKNOWN_ROUTE)
         sub = raw[len(API_PREFIX) :]
@@ -1351,6 +1540,11 @@ class FakeGitLab:
             data["detailed_merge_status"] = self._detailed_merge_status(project, mr)
         else:
             data.pop("detailed_merge_status", None)
+        # lib/api/entities/merge_request.rb: `expose :head_pipeline` is the stored association
+        # (which lags a push, see `push`), never `diff_head_pipeline`.
+        head = self._head_pipeline(mr)
+        data["head_pipeline"] = _pipeline_full(head) if head else None
+        data["pipeline"] = _pipeline_basic(head) if head else None
         if basic:
             for key in ("pipeline", "head_pipeline", "diff_refs", "changes_count", "user"):
                 data.pop(key, None)
@@ -1361,8 +1555,10 @@ class FakeGitLab:
     def _refresh(self, project: Project, mr: MergeRequest) -> None:
         """Recompute the derived fields stored in the MR's API shape."""
         data = mr.data
-        count = len(mr.diffs)
-        data["changes_count"] = f"{MAX_DIFF_FILES}+" if count > MAX_DIFF_FILES else str(count)
+        # lib/api/entities/merge_request.rb: changes_count is merge_request_diff.real_size, the
+        # stored file count with a "+" when the diff was cut (Gitlab::Git::DiffCollection).
+        stored, overflow = _stored_diffs(mr.diffs)
+        data["changes_count"] = f"{len(stored)}+" if overflow else str(len(stored))
         data["user_notes_count"] = sum(
             1 for d in mr.discussions for n in d["notes"] if not n["system"]
         )
@@ -1377,7 +1573,7 @@ class FakeGitLab:
         data["detailed_merge_status"] = self._detailed_merge_status(project, mr)
 
     def _touch(self, project: Project, mr: MergeRequest) -> None:
-        mr.data["updated_at"] = iso(time.time())
+        mr.data["updated_at"] = iso(self.wall())
         self._refresh(project, mr)
 
     def _detailed_merge_status(self, project: Project, mr: MergeRequest) -> str:
@@ -1386,7 +1582,9 @@ class FakeGitLab:
         if mr.fixed_merge_status is not None:
             return mr.fixed_merge_status
         data = mr.data
-        pipeline = data.get("head_pipeline") or {}
+        # The merge check uses diff_head_pipeline: the head pipeline only if it is for the head.
+        head = self._head_pipeline(mr) or {}
+        pipeline = head if data["sha"] in (head.get("sha"), head.get("_source_sha")) else {}
         if data["state"] != "opened":
             return "not_open"
         if data["draft"]:
@@ -1618,6 +1816,9 @@ class FakeGitLab:
             Route("GET", f"{mr}/diffs", self._get_diffs, since=(15, 7)),
             Route("GET", f"{mr}/changes", self._get_changes),
             Route("GET", f"{mr}/approvals", self._get_approvals),
+            Route("GET", f"{mr}/versions", self._get_versions),
+            Route("GET", "/projects/:id/approvals", self._get_project_approvals),
+            Route("GET", "/projects/:id/repository/commits/:sha", self._get_repository_commit),
             Route("GET", f"{mr}/commits", self._get_commits),
             Route("GET", f"{mr}/discussions", self._get_discussions),
             Route("GET", f"{mr}/pipelines", self._get_pipelines),
@@ -1727,29 +1928,76 @@ class FakeGitLab:
     def _get_mr(self, ctx: Ctx) -> web.Response:
         """GET /projects/:id/merge_requests/:iid: the full MR entity (see `_render_mr`)."""
         project, mr = self._mr(ctx)
+        self._apply_resets(mr)
         return web.json_response(self._render_mr(project, mr))
 
+    def _diff_entity(self, entry: JSON) -> JSON:
+        """lib/api/entities/diff.rb: `collapsed` and `too_large` only from 18.4 (per GitLab's
+        Go client, MR 2767; older versions show the same empty `diff` with no flag)."""
+        rendered = {k: v for k, v in entry.items() if k not in ("collapsed", "too_large")}
+        if self.at_least(18, 4):
+            rendered["collapsed"] = bool(entry.get("collapsed"))
+            rendered["too_large"] = bool(entry.get("too_large"))
+        return rendered
+
     def _get_diffs(self, ctx: Ctx) -> web.Response:
-        """GET .../diffs (15.7+; a 404 route before): the MR's file diffs, paginated like every
-        list (default 20 per page, at most 100), with no file limit."""
+        """GET .../diffs (15.7+; a 404 route before), lib/api/merge_requests.rb: the STORED diff
+        (`merge_request_diff.paginated_diffs`), so cut at the instance's diff limits with no
+        overflow flag (only `changes_count` ends in "+"); at most 30 files a page whatever
+        per_page says; files past the safe limits collapsed (empty `diff`)."""
         _, mr = self._mr(ctx)
-        return self._paginate(ctx, mr.diffs)
+        stored, _ = _stored_diffs(mr.diffs)
+        shown = [self._diff_entity(e) for e in _presented_diffs(stored, expanded=False)]
+        per_page = Params(ctx.params).integer("per_page") or MAX_DIFFS_PER_PAGE
+        params = {**ctx.params, "per_page": min(per_page, MAX_DIFFS_PER_PAGE)}
+        return self._paginate(replace(ctx, params=params), shown)
 
     def _get_changes(self, ctx: Ctx) -> web.Response:
-        """GET .../changes (all versions, deprecated in 15.7): the MR entity plus `changes` and
-        `overflow`. Past 1000 files (diff_max_files) the list is cut and overflow is true, unless
-        access_raw_diffs=true."""
+        """GET .../changes (deprecated in 15.7), lib/api/entities/merge_request_changes.rb: the
+        MR entity plus the stored diff as `changes` and `overflow`. With access_raw_diffs=true
+        `overflow` is always false and nothing is collapsed, but it still reads the STORED diff
+        (MergeRequestDiff#raw_diffs → load_diffs): files that were never stored do not come
+        back, and too-large patches stay empty."""
         project, mr = self._mr(ctx)
-        raw = Params(ctx.params).boolean("access_raw_diffs")
+        raw = bool(Params(ctx.params).boolean("access_raw_diffs"))
         data = self._render_mr(project, mr)
-        overflow = not raw and len(mr.diffs) > MAX_DIFF_FILES
-        data["changes"] = mr.diffs[:MAX_DIFF_FILES] if overflow else list(mr.diffs)
-        data["overflow"] = overflow
+        stored, overflow = _stored_diffs(mr.diffs)
+        shown = _presented_diffs(stored, expanded=raw)
+        data["changes"] = [self._diff_entity(e) for e in shown]
+        data["overflow"] = overflow and not raw
         return web.json_response(data)
 
-    def _get_approvals(self, ctx: Ctx) -> web.Response:
-        """GET .../approvals: `approved_by: [{user}]`; approved when approvals_left is 0."""
+    def _get_versions(self, ctx: Ctx) -> web.Response:
+        """GET .../versions (lib/api/merge_request_diffs.rb): the MR's diff versions, newest
+        first (`merge_request_diffs.order_id_desc`), paginated."""
         _, mr = self._mr(ctx)
+        return self._paginate(ctx, list(reversed(mr.versions)))
+
+    def _get_repository_commit(self, ctx: Ctx) -> web.Response:
+        """GET /projects/:id/repository/commits/:sha: any commit of the repository (the MRs'
+        commits and merge commits of merged-results pipelines) with its parent_ids."""
+        project = self._project(ctx)
+        sha = ctx.args["sha"]
+        found = project.commits.get(sha)
+        if found is None:
+            found = next(
+                (c for mr in project.mrs.values() for c in mr.commits if c["id"] == sha), None
+            )
+        if found is None:
+            raise not_found("Commit")
+        return web.json_response(found)
+
+    def _get_project_approvals(self, ctx: Ctx) -> web.Response:
+        """GET /projects/:id/approvals (ee/lib/api/project_approvals.rb, entity
+        ee/lib/api/entities/approval_settings.rb)."""
+        return web.json_response(dict(self._project(ctx).approval_settings))
+
+    def _get_approvals(self, ctx: Ctx) -> web.Response:
+        """GET .../approvals: `approved_by: [{user}]`, plus `approved_at` (the Approval row's
+        created_at, lib/api/entities/approvals.rb) from 18.5 (GitLab MR !204605); approved when
+        approvals_left is 0. Approval resets that are due are applied first."""
+        _, mr = self._mr(ctx)
+        self._apply_resets(mr)
         left = max(0, mr.approvals_required - len(mr.approved_by))
         data = {
             key: mr.data[key]
@@ -1763,7 +2011,7 @@ class FakeGitLab:
             approvals_required=mr.approvals_required,
             approvals_left=left,
             require_password_to_approve=False,
-            approved_by=[{"user": u} for u in mr.approved_by],
+            approved_by=[self._approval_entity(mr, u) for u in mr.approved_by],
             suggested_approvers=[],
             approvers=[],
             approver_groups=[],
@@ -1776,6 +2024,12 @@ class FakeGitLab:
             invalid_approvers_rules=[],
         )
         return web.json_response(data)
+
+    def _approval_entity(self, mr: MergeRequest, user: JSON) -> JSON:
+        entity: JSON = {"user": user}
+        if self.at_least(18, 5):
+            entity["approved_at"] = iso(mr.approved_at.get(int(user["id"]), self.wall()))
+        return entity
 
     def _get_commits(self, ctx: Ctx) -> web.Response:
         """GET .../commits: newest first, paginated."""
@@ -2105,19 +2359,33 @@ class FakeGitLab:
         return web.json_response(self._render_group(self._group(ctx)))
 
     def _list_group_members(self, ctx: Ctx) -> web.Response:
-        """GET /groups/:id/members: direct members only, paginated."""
+        """GET /groups/:id/members (lib/api/members.rb → `source_members`): direct members
+        only, whatever their access level (Minimal Access included in EE), user state
+        (`state: blocked` is listed) or membership state (`awaiting` is listed); paginated."""
         return self._paginate(ctx, self._group(ctx).members)
 
     def _list_all_group_members(self, ctx: Ctx) -> web.Response:
-        """GET /groups/:id/members/all: direct and inherited (ancestor groups) members, each
-        user once with their highest access level, paginated."""
+        """GET /groups/:id/members/all (lib/api/helpers/members_helpers.rb
+        `find_all_members_for_group`: GroupMembersFinder with [:inherited, :direct,
+        :shared_from_groups]): direct members, members of every ancestor group, and members of
+        groups shared into this group or an ancestor (their access capped at the share's);
+        each user once with the highest access level; not subgroup members; paginated."""
         group = self._group(ctx)
         best: dict[int, JSON] = {}
+
+        def offer(member: JSON, cap: int | None = None) -> None:
+            if cap is not None and member["access_level"] > cap:
+                member = {**member, "access_level": cap}
+            known = best.get(member["id"])
+            if known is None or member["access_level"] > known["access_level"]:
+                best[member["id"]] = member
+
         for source in [group, *self._ancestors(group)]:
             for member in source.members:
-                known = best.get(member["id"])
-                if known is None or member["access_level"] > known["access_level"]:
-                    best[member["id"]] = member
+                offer(member)
+            for shared_id, access in source.shared_with_groups:
+                for member in self.groups[shared_id].members:
+                    offer(member, access)
         return self._paginate(ctx, list(best.values()))
 
     def _list_group_projects(self, ctx: Ctx) -> web.Response:
@@ -2133,6 +2401,90 @@ class FakeGitLab:
             or (subgroups and p.namespace_path.lower().startswith(full_path + "/"))
         ]
         return self._paginate(ctx, [self._render_project(p) for p in projects])
+
+    # ---------------------------------------------------------------- GraphQL
+
+    def _graphql(self, body: Any) -> JSON:
+        """POST /api/graphql, for the fields the bot asks: `project(fullPath:)
+        { mergeRequest(iid:) { ... } }` with `diffRefs { baseSha headSha startSha }`,
+        `diffHeadSha`, `diffStats { path additions deletions }` and `diffStatsSummary
+        { additions deletions changes fileCount }` (app/graphql/types/merge_request_type.rb).
+
+        diffStats come from Gitaly (`repository.diff_stats(base, head)`: git diff --numstat)
+        for the whole change: no diff limits, no pagination, the NEW path of a rename only
+        (app/graphql/types/diff_stats_type.rb). diffStatsSummary's fileCount is the stored
+        file count when the MR's metrics have line counts, so it is capped like changes_count
+        (app/graphql/batch_loaders/merge_request_diff_summary_batch_loader.rb). Errors are
+        answered as graphql-ruby does: HTTP 200 with `errors`."""
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+            return {"errors": [{"message": "No query string was present"}]}
+        variables = body.get("variables") or {}
+        try:
+            tree = _parse_selection(body["query"])
+        except ValueError as error:
+            return {"errors": [{"message": f"Parse error: {error}"}]}
+        project_node = tree.get("project")
+        if project_node is None or set(tree) - {"project"}:
+            unknown = sorted(set(tree) - {"project"}) or ["(none)"]
+            return {"errors": [{"message": f"Field '{unknown[0]}' doesn't exist on type 'Query'"}]}
+        full_path = _graphql_arg(project_node, "fullPath", variables)
+        project = next(
+            (
+                p
+                for p in self.projects.values()
+                if p.data["path_with_namespace"].lower() == str(full_path).lower()
+            ),
+            None,
+        )
+        mr_node = project_node["fields"].get("mergeRequest")
+        if mr_node is None:
+            return {"errors": [{"message": "Field 'project' must have a selection"}]}
+        if project is None:
+            return {"data": {"project": None}}
+        iid = _graphql_arg(mr_node, "iid", variables)
+        mr = project.mrs.get(int(iid)) if str(iid).isdigit() else None
+        if mr is None:
+            return {"data": {"project": {"mergeRequest": None}}}
+        stored, _ = _stored_diffs(mr.diffs)
+        stats = [
+            {
+                "path": e["new_path"],
+                "additions": _line_count_of(e, "+"),
+                "deletions": _line_count_of(e, "-"),
+            }
+            for e in mr.diffs
+        ]
+        refs = mr.data.get("diff_refs") or {}
+        values: dict[str, Any] = {
+            "diffHeadSha": mr.data["sha"],
+            "diffRefs": {
+                "baseSha": refs.get("base_sha"),
+                "headSha": refs.get("head_sha"),
+                "startSha": refs.get("start_sha"),
+            },
+            "diffStats": stats,
+            "diffStatsSummary": {
+                "additions": sum(x["additions"] for x in stats),
+                "deletions": sum(x["deletions"] for x in stats),
+                "changes": sum(x["additions"] + x["deletions"] for x in stats),
+                "fileCount": len(stored),
+            },
+        }
+        out: JSON = {}
+        for name, node in mr_node["fields"].items():
+            if name not in values:
+                return {
+                    "errors": [{"message": f"Field '{name}' doesn't exist on type 'MergeRequest'"}]
+                }
+            value = values[name]
+            wanted = set(node["fields"])
+            if isinstance(value, list):
+                out[name] = [{k: item.get(k) for k in wanted} for item in value]
+            elif isinstance(value, dict):
+                out[name] = {k: value.get(k) for k in wanted}
+            else:
+                out[name] = value
+        return {"data": {"project": {"mergeRequest": out}}}
 
     def _list_descendant_groups(self, ctx: Ctx) -> web.Response:
         """GET /groups/:id/descendant_groups: every group below it, paginated."""
@@ -2183,6 +2535,126 @@ def _diff_entry(entry: Mapping[str, Any]) -> JSON:
     }
 
 
+def _line_count(entry: Mapping[str, Any]) -> int:
+    return sum(
+        1
+        for line in str(entry.get("diff") or "").splitlines()
+        if line[:1] in ("+", "-") and not line.startswith(("+++ ", "--- "))
+    )
+
+
+def _line_count_of(entry: Mapping[str, Any], sign: str) -> int:
+    other = "+++ " if sign == "+" else "--- "
+    return sum(
+        1
+        for line in str(entry.get("diff") or "").splitlines()
+        if line.startswith(sign) and not line.startswith(other)
+    )
+
+
+_GRAPHQL_TOKEN = re.compile(
+    r'\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[{}():,!$\[\]])|(?P<string>"[^"]*")|(?P<number>-?\d+))'
+)
+
+
+def _parse_selection(query: str) -> dict[str, Any]:
+    """A small GraphQL reader for the fake: the top selection set of a query as
+    {field: {"args": {name: raw value}, "fields": {...}}}. Enough for the bot's queries."""
+    tokens: list[str] = []
+    position = 0
+    text = query.strip()
+    while position < len(text):
+        match = _GRAPHQL_TOKEN.match(text, position)
+        if match is None or match.end() == position:
+            raise ValueError(f"unexpected character at {position}")
+        tokens.append(match.group().strip())
+        position = match.end()
+    tokens = [t for t in tokens if t and t != ","]
+    # Skip `query Name($a: T!, ...)` up to the first `{`.
+    start = tokens.index("{")
+
+    def selection(index: int) -> tuple[dict[str, Any], int]:
+        assert tokens[index] == "{"
+        index += 1
+        fields: dict[str, Any] = {}
+        while tokens[index] != "}":
+            name = tokens[index]
+            index += 1
+            args: dict[str, str] = {}
+            if tokens[index] == "(":
+                index += 1
+                while tokens[index] != ")":
+                    key = tokens[index]
+                    value = (
+                        tokens[index + 2] if tokens[index + 2] != "$" else "$" + tokens[index + 3]
+                    )
+                    args[key] = value
+                    index += 3 if tokens[index + 2] != "$" else 4
+                index += 1
+            sub: dict[str, Any] = {}
+            if index < len(tokens) and tokens[index] == "{":
+                sub, index = selection(index)
+            fields[name] = {"args": args, "fields": sub}
+        return fields, index + 1
+
+    try:
+        tree, _ = selection(start)
+    except (IndexError, AssertionError):
+        raise ValueError("unbalanced selection set") from None
+    return tree
+
+
+def _graphql_arg(node: Mapping[str, Any], name: str, variables: Mapping[str, Any]) -> Any:
+    raw = node["args"].get(name)
+    if raw is None:
+        return None
+    if raw.startswith("$"):
+        return variables.get(raw[1:])
+    return raw.strip('"')
+
+
+def _stored_diffs(files: Sequence[JSON]) -> tuple[list[JSON], bool]:
+    """What GitLab stores of a change (MergeRequestDiff#save_diffs with Commit.max_diff_options):
+    files in order until diff_max_files or diff_max_lines is reached, and whether it overflowed.
+    A patch of diff_max_patch_bytes or more is kept with an empty diff and `too_large`
+    (Gitlab::Git::Diff#too_large!, persisted). Approximate at the boundary, as in GitLab."""
+    stored: list[JSON] = []
+    lines = 0
+    for entry in files:
+        count = _line_count(entry)
+        if len(stored) >= MAX_DIFF_FILES or lines + count > MAX_DIFF_LINES:
+            return stored, True
+        lines += count
+        if len(str(entry.get("diff") or "").encode()) >= MAX_PATCH_BYTES:
+            entry = {**entry, "diff": "", "too_large": True}
+        stored.append(entry)
+    return stored, False
+
+
+def _presented_diffs(stored: Sequence[JSON], *, expanded: bool) -> list[JSON]:
+    """How a stored diff is shown when not `expanded` (Gitlab::Git::DiffCollection with
+    DIFF_SAFE_LIMIT_FACTOR): once the files shown reach a tenth of diff_max_files, their lines a
+    tenth of diff_max_lines, or their bytes safe_max_files x 5 KB, every further file is
+    collapsed (empty diff); so is any single patch of a tenth of diff_max_patch_bytes or more."""
+    safe_files = MAX_DIFF_FILES // SAFE_LIMIT_FACTOR
+    safe_lines = MAX_DIFF_LINES // SAFE_LIMIT_FACTOR
+    safe_bytes = safe_files * 5 * 1024
+    shown: list[JSON] = []
+    files = lines = size = 0
+    for entry in stored:
+        entry = {"collapsed": False, "too_large": False, **entry}
+        patch = str(entry.get("diff") or "")
+        over = files >= safe_files or lines > safe_lines or size >= safe_bytes
+        if not expanded and (over or len(patch.encode()) >= MAX_PATCH_BYTES // SAFE_LIMIT_FACTOR):
+            entry.update(diff="", collapsed=True)
+        else:
+            files += 1
+            lines += _line_count(entry)
+            size += len(patch.encode())
+        shown.append(entry)
+    return shown
+
+
 def _commit(entry: Mapping[str, Any], base_url: str, project: Project) -> JSON:
     sha = str(entry.get("id") or entry.get("sha") or sha_for(repr(sorted(entry.items()))))
     message = str(entry.get("message", entry.get("title", "Update")))
@@ -2204,6 +2676,25 @@ def _commit(entry: Mapping[str, Any], base_url: str, project: Project) -> JSON:
         "parent_ids": list(entry.get("parent_ids", [])),
         "trailers": {},
         "web_url": f"{base_url}/{project.data['path_with_namespace']}/-/commit/{sha}",
+    }
+
+
+def _pipeline_full(pipeline: Mapping[str, Any]) -> JSON:
+    """API::Entities::Ci::Pipeline (the MR's `head_pipeline`): the basic fields and a few more;
+    never `source_sha`/`target_sha`, which GitLab keeps to itself."""
+    return {
+        **_pipeline_basic(pipeline),
+        "before_sha": pipeline["sha"],
+        "tag": False,
+        "yaml_errors": None,
+        "user": None,
+        "started_at": pipeline["created_at"],
+        "finished_at": None,
+        "committed_at": None,
+        "duration": None,
+        "queued_duration": None,
+        "coverage": None,
+        "detailed_status": {"text": pipeline["status"], "group": pipeline["status"]},
     }
 
 

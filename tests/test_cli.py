@@ -389,7 +389,7 @@ async def test_explain_prints_the_tree_with_evidence_and_facts_and_writes_nothin
     lines = out.splitlines()
     assert lines[0] == "group/app!42: Add login"
     assert any(
-        line.startswith("facts fetched: MR, status checks, diffs, approvals,")
+        line.startswith("facts fetched: MR, status checks, diffs, line counts, approvals,")
         and "members of acme/security" in line
         and "all reads" in line
         for line in lines

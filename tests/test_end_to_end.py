@@ -435,7 +435,7 @@ async def test_a_refused_fact_fails_only_the_checks_that_need_it(
             """
         },
     )
-    seed(gitlab)
+    seed(gitlab, approved_by=[{"id": 3, "username": "carol"}])
     gitlab.add_status_check(1, "ops-approval")  # acme/operations does not exist: 404
     bot = await start_bot()
     await bot.deliver(payloads.merge_request_hook(sha=SHA))
@@ -449,7 +449,43 @@ async def test_a_refused_fact_fails_only_the_checks_that_need_it(
     }
     events = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
     ops = next(e for e in events if e["event"] == "decision" and e["check"] == "ops-approval")
-    assert ops["reason"].startswith("cannot read members of acme/operations: GitLab answered 404")
+    assert ops["reason"] == (
+        "approvals: 0 of 1 from acme/operations (carol approved; cannot read members of "
+        "acme/operations: GitLab answered 404: the project, merge request or status check does "
+        "not exist, or the token's user cannot see it (add it as a member of the project))"
+    )
+
+
+async def test_a_group_gitlab_cannot_show_fails_no_mr_its_policy_does_not_apply_to(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], policy_dir: Path
+) -> None:
+    """A typo in a group name must not block every MR where "Status checks must succeed" is on:
+    applicability is decided first, and a fact matters only where a rule needs it."""
+    write_policies(
+        policy_dir,
+        {
+            "dba.yml": """
+                check: dba-review
+                applies_to: {target_branches: ["release/*"]}
+                require:
+                  - approvals: {count: 1, from: {groups: [acme/dbas]}}
+            """
+        },
+    )
+    seed(gitlab, approved_by=[{"id": 3, "username": "carol"}])
+    gitlab.add_status_check(1, "dba-review")  # acme/dbas does not exist: 404
+    # The start-up sweep judges the MR with no delivery to hint at its target branch.
+    bot = await start_bot(projects=("acme/app",), sweep_budget=500)
+    await eventually(lambda: gitlab.check_status(1, 1, "dba-review") != "pending")
+    assert gitlab.check_status(1, 1, "dba-review") == "passed"  # not applicable to main
+    # A /recheck says nothing about the branch either; the bot may read the group (it guesses
+    # which facts to read with the MR), but the policy still does not apply.
+    await bot.deliver(payloads.note_hook(note="/recheck"), event="Note Hook")
+    await bot.settle()
+    assert gitlab.check_status(1, 1, "dba-review") == "passed"
+    assert [c.json["status"] for c in gitlab.status_posts() if c.json["sha"] == SHA][-1:] == [
+        "passed"
+    ]
 
 
 async def test_gitlab_14_failures_are_logged_as_not_reportable(

@@ -112,7 +112,10 @@ async def test_the_facts_a_policy_needs_are_read_and_shown(
             "MR": 1,
             "MR/status_checks": 1,
             "MR/approvals": 1,
+            "MR/versions": 1,
+            "/projects/:id/approvals": 1,
             "MR/commits": 1,
+            "/groups/:id/members": 1,
             "/groups/:id/members/all": 1,
             "/groups/:id/descendant_groups": 1,
         }
@@ -120,7 +123,7 @@ async def test_the_facts_a_policy_needs_are_read_and_shown(
     lines = out.splitlines()
     assert (
         "facts fetched: MR, status checks, approvals, commits, members of acme/security "
-        "(7 requests, all reads)" in lines
+        "(10 requests, all reads)" in lines
     )
     assert (
         "  MR: author alice; labels backend; not a draft; pipeline none; no conflicts; "

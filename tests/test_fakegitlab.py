@@ -6,6 +6,7 @@ Each test talks to a real fake server over HTTP, mostly through gidgetlab as the
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -120,16 +121,18 @@ async def test_mr_shape_depends_on_the_version(session: aiohttp.ClientSession) -
 async def test_getiter_follows_link_next_across_three_pages(
     fake: FakeGitLab, session: aiohttp.ClientSession
 ) -> None:
-    fake.set_diffs(1, 7, [diff_file(f"src/file_{n}.py") for n in range(250)])
+    fake.set_commits(1, 7, [{"id": sha_for(f"c{n}"), "message": f"c{n}"} for n in range(250)])
     gl = api(session, fake)
-    diffs = [d async for d in gl.getiter(f"{MR}/diffs", {"per_page": "100"})]
-    assert [d["new_path"] for d in diffs] == [f"src/file_{n}.py" for n in range(250)]
-    pages = fake.calls_to("GET", "/diffs")
+    commits = [c async for c in gl.getiter(f"{MR}/commits", {"per_page": "100"})]
+    assert [c["message"] for c in commits] == [f"c{n}" for n in range(250)]
+    pages = fake.calls_to("GET", "/commits")
     assert [c.query["page"] for c in pages[1:]] == ["2", "3"]
     assert all(c.query["per_page"] == "100" for c in pages)
 
     async with session.get(
-        f"{fake.api_url}{MR}/diffs", params={"page": "3", "per_page": "100"}, headers=headers(fake)
+        f"{fake.api_url}{MR}/commits",
+        params={"page": "3", "per_page": "100"},
+        headers=headers(fake),
     ) as response:
         assert len(await response.json()) == 50
         assert response.headers["x-total"] == "250"
@@ -138,6 +141,17 @@ async def test_getiter_follows_link_next_across_three_pages(
         assert response.headers["x-prev-page"] == "2"
         assert 'rel="next"' not in response.headers["link"]
         assert 'page=1&per_page=100>; rel="first"' in response.headers["link"]
+
+
+async def test_diffs_pages_hold_at_most_30_files(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    fake.set_diffs(1, 7, [diff_file(f"src/file_{n}.py") for n in range(70)])
+    gl = api(session, fake)
+    diffs = [d async for d in gl.getiter(f"{MR}/diffs", {"per_page": "100"})]
+    assert len(diffs) == 70
+    pages = fake.calls_to("GET", "/diffs")
+    assert [len(c.response) for c in pages] == [30, 30, 10]
 
 
 async def test_pagination_defaults_caps_and_keeps_query_params(
@@ -264,8 +278,10 @@ async def test_changes_overflow_past_1000_files(
     changes = await gl.getitem(f"{MR}/changes")
     assert changes["overflow"] is True and len(changes["changes"]) == 1000
     assert changes["changes_count"] == "1000+"
+    # access_raw_diffs reads the stored diff too: overflow is false, the files never stored
+    # stay missing (MergeRequestDiff#raw_diffs → load_diffs).
     raw = await gl.getitem(f"{MR}/changes", {"access_raw_diffs": "true"})
-    assert raw["overflow"] is False and len(raw["changes"]) == 1001
+    assert raw["overflow"] is False and len(raw["changes"]) == 1000
 
 
 async def test_status_checks_are_filtered_by_protected_branch(
@@ -567,3 +583,154 @@ async def test_runs_standalone_and_prints_its_url() -> None:
     finally:
         process.terminate()
         await process.wait()
+
+
+# --- Where GitLab's answer lags or is cut (DESIGN 5): the fake must not be kinder than GitLab ---
+
+
+async def test_head_pipeline_keeps_the_old_heads_pipeline_after_a_push(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    gl = api(session, fake)
+    fake.set_pipeline(1, 7, "success")
+    old = sha_for("head-1")
+    fake.push(1, 7, sha_for("head-2"))
+    mr = await gl.getitem(MR)
+    assert mr["sha"] == sha_for("head-2")
+    assert (mr["head_pipeline"]["sha"], mr["head_pipeline"]["status"]) == (old, "success")
+    fake.set_pipeline(1, 7, "running")  # a pipeline for the new head exists: it becomes head
+    mr = await gl.getitem(MR)
+    assert (mr["head_pipeline"]["sha"], mr["head_pipeline"]["status"]) == (
+        sha_for("head-2"),
+        "running",
+    )
+
+
+async def test_a_merged_results_pipeline_runs_on_a_merge_commit_of_the_head(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    gl = api(session, fake)
+    fake.set_pipeline(1, 7, "success", merged_results=True)
+    mr = await gl.getitem(MR)
+    pipeline = mr["head_pipeline"]
+    assert pipeline["ref"] == "refs/merge-requests/7/merge"
+    assert pipeline["sha"] != mr["sha"]
+    assert "source_sha" not in pipeline and "_source_sha" not in pipeline
+    commit = await gl.getitem(f"/projects/1/repository/commits/{pipeline['sha']}")
+    assert commit["parent_ids"][1] == mr["sha"]
+
+
+async def test_approvals_are_deleted_ten_seconds_after_a_push_without_a_hook(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    gl = api(session, fake)
+    fake.approve(1, 7, {"id": 3, "username": "carol"})
+    settings = await gl.getitem("/projects/1/approvals")
+    assert settings["reset_approvals_on_push"] is True
+    fake.push(1, 7, sha_for("head-2"))
+    approvals = await gl.getitem(f"{MR}/approvals")
+    assert [a["user"]["username"] for a in approvals["approved_by"]] == ["carol"]
+    fake.advance(10.0)
+    approvals = await gl.getitem(f"{MR}/approvals")
+    assert approvals["approved_by"] == []
+    fake.approve(1, 7, {"id": 3, "username": "carol"})
+    (entry,) = (await gl.getitem(f"{MR}/approvals"))["approved_by"]
+    (newest, older) = await gl.getitem(f"{MR}/versions")
+    assert newest["head_commit_sha"] == sha_for("head-2")
+    assert older["head_commit_sha"] == sha_for("head-1")
+    assert entry["approved_at"] > newest["created_at"]
+
+
+async def test_approved_at_only_from_18_5() -> None:
+    fake = await make_fake("18.4.0")
+    try:
+        fake.approve(1, 7, {"id": 3, "username": "carol"})
+        async with aiohttp.ClientSession() as session:
+            approvals = await api(session, fake).getitem(f"{MR}/approvals")
+        assert approvals["approved_by"] == [{"user": approvals["approved_by"][0]["user"]}]
+    finally:
+        await fake.close()
+
+
+async def test_the_date_header_follows_the_fakes_clock(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    fake.advance(3600)
+    async with session.get(f"{fake.api_url}/version", headers=headers(fake)) as response:
+        shown = email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp()
+    assert abs(shown - (time.time() + 3600)) < 5
+
+
+async def test_diffs_are_cut_at_1000_files_and_collapsed_past_100(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    gl = api(session, fake)
+    fake.set_diffs(1, 7, [diff_file(f"f{n}", additions=2) for n in range(1200)])
+    mr = await gl.getitem(MR)
+    assert mr["changes_count"] == "1000+"
+    diffs = [d async for d in gl.getiter(f"{MR}/diffs")]
+    assert len(diffs) == 1000
+    assert all(d["diff"] for d in diffs[:100]) and not any(d["diff"] for d in diffs[100:])
+    assert [d["collapsed"] for d in diffs[99:101]] == [False, True]
+    (version, *_) = await gl.getitem(f"{MR}/versions")
+    assert (version["state"], version["real_size"]) == ("overflow", "1000+")
+
+
+async def test_a_big_patch_is_collapsed_and_flagged_only_from_18_4() -> None:
+    for version, flagged in (("18.3.0", False), ("18.4.0", True)):
+        fake = await make_fake(version)
+        try:
+            fake.set_diffs(1, 7, [diff_file("big.py", additions=5000), diff_file("small.py")])
+            async with aiohttp.ClientSession() as session:
+                big, small = await api(session, fake).getitem(f"{MR}/diffs")
+            assert big["diff"] == "" and small["diff"].count("\n+") == 1
+            assert ("collapsed" in big) is flagged
+            if flagged:
+                assert (big["collapsed"], small["collapsed"]) == (True, False)
+        finally:
+            await fake.close()
+
+
+async def test_members_are_direct_and_members_all_adds_ancestors_and_shared_groups(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    fake.add_group(10, "acme", [{"id": 1, "username": "alice"}])
+    fake.add_group(11, "acme/security", [{"id": 3, "username": "carol", "access_level": 20}])
+    fake.add_group(12, "contractors", [{"id": 4, "username": "dave", "access_level": 50}])
+    fake.share_group(11, 12, access_level=30)
+    gl = api(session, fake)
+    direct = await gl.getitem("/groups/acme%2Fsecurity/members")
+    assert [(m["username"], m["access_level"]) for m in direct] == [("carol", 20)]
+    every = await gl.getitem("/groups/acme%2Fsecurity/members/all")
+    assert sorted((m["username"], m["access_level"]) for m in every) == [
+        ("alice", 30),
+        ("carol", 20),
+        ("dave", 30),  # capped at the share's access level
+    ]
+
+
+async def test_graphql_diff_stats_cover_the_whole_change(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    fake.set_diffs(1, 7, [diff_file(f"f{n}", additions=3, deletions=1) for n in range(1500)])
+    query = (
+        "query($fullPath: ID!, $iid: String!) { project(fullPath: $fullPath) {"
+        " mergeRequest(iid: $iid) { diffRefs { headSha } diffStats { path additions deletions }"
+        " diffStatsSummary { fileCount changes } } } }"
+    )
+    body = {"query": query, "variables": {"fullPath": "acme/app", "iid": "7"}}
+    async with session.post(
+        f"{fake.url}/api/graphql", json=body, headers={"Authorization": f"Bearer {fake.token}"}
+    ) as response:
+        answer = await response.json()
+    merge_request = answer["data"]["project"]["mergeRequest"]
+    assert merge_request["diffRefs"] == {"headSha": sha_for("head-1")}
+    assert len(merge_request["diffStats"]) == 1500
+    assert merge_request["diffStats"][0] == {"path": "f0", "additions": 3, "deletions": 1}
+    assert merge_request["diffStatsSummary"] == {"fileCount": 1000, "changes": 6000}
+    body["query"] = query.replace("diffStats {", "diffStatz {")
+    async with session.post(
+        f"{fake.url}/api/graphql", json=body, headers={"Authorization": f"Bearer {fake.token}"}
+    ) as response:
+        assert response.status == 200
+        assert "doesn't exist" in (await response.json())["errors"][0]["message"]

@@ -15,7 +15,7 @@ import pytest
 import bot.app as bot_app
 from tests import payloads
 from tests.conftest import TOKEN, Bot, write_policies
-from tests.fakegitlab import Call, FakeGitLab, diff_file
+from tests.fakegitlab import FakeGitLab, diff_file
 
 SHA = "3" * 40
 MR = "/projects/:id/merge_requests/:merge_request_iid"
@@ -28,11 +28,16 @@ OPTIONAL = {
     "commits": f"GET {MR}/commits",
     "discussions": f"GET {MR}/discussions",
     "pipelines": f"GET {MR}/pipelines",
-    "members": "GET /groups/:id/members/all",
+    "versions": f"GET {MR}/versions",
+    "approval settings": "GET /projects/:id/approvals",
+    "all members": "GET /groups/:id/members/all",
     "subgroups": "GET /groups/:id/descendant_groups",
-    "subgroup members": "GET /groups/:id/members",
+    "members": "GET /groups/:id/members",
     "group": "GET /groups/:id",
+    "graphql": "POST /api/graphql",
 }
+# What an approvals rule naming a group reads (settings and memberships are cached after).
+GROUP_APPROVAL_READS = ["approvals", "versions", "approval settings", "members", "all members"]
 
 TITLE_AND_LABELS = {
     "title.yml": """
@@ -142,10 +147,14 @@ async def test_before_15_7_changed_files_come_from_changes(
         assert fake.check_status(1, 1, "touches-src") == "passed"
 
 
-async def test_group_approvals_read_approvals_and_inherited_members(
-    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+async def test_a_parent_groups_member_counts_only_with_inherited(
+    gitlab: FakeGitLab,
+    start_bot: Callable[..., Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # dave is a member of the parent group only: GitLab's members/all lists him as inherited.
+    # dave is a member of the parent group only: GitLab's members/all lists him for
+    # acme/security too, but he is no member of the security team.
     gitlab.add_group(10, "acme", [{"id": 4, "username": "dave"}])
     gitlab.add_group(11, "acme/security", [{"id": 3, "username": "carol"}])
     seed(gitlab, ["security-review"], approved_by=[{"id": 4, "username": "dave"}])
@@ -155,14 +164,57 @@ async def test_group_approvals_read_approvals_and_inherited_members(
         {
             READ_MR: 1,
             LIST_CHECKS: 1,
-            OPTIONAL["approvals"]: 1,
-            OPTIONAL["members"]: 1,
+            **{OPTIONAL[name]: 1 for name in GROUP_APPROVAL_READS},
             OPTIONAL["subgroups"]: 1,
         }
     )
     members_call = next(c for c in gitlab.calls if c.route == OPTIONAL["members"])
-    assert members_call.path == "/api/v4/groups/acme%2Fsecurity/members/all"
+    assert members_call.path == "/api/v4/groups/acme%2Fsecurity/members"
+    assert gitlab.check_status(1, 1, "security-review") == "failed"
+    assert decision_reasons(capsys)["security-review"] == (
+        "approvals: 0 of 1 from acme/security (dave approved but is in acme/security only "
+        "through a parent or shared group (`inherited: true` counts those))"
+    )
+    write_policies(
+        tmp_path / "p",
+        {
+            "security.yml": """
+                check: security-review
+                require:
+                  - approvals: {count: 1, from: {groups: [acme/security], inherited: true}}
+            """
+        },
+    )
+    bot.app[bot_app.POLICIES].reload()
+    await evaluate_once(gitlab, bot, action="update")
     assert gitlab.check_status(1, 1, "security-review") == "passed"
+
+
+async def test_only_active_developers_of_the_group_count(
+    gitlab: FakeGitLab,
+    start_bot: Callable[..., Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gitlab.add_group(
+        11,
+        "acme/security",
+        [
+            {"id": 3, "username": "carol", "access_level": 20},  # Reporter: cannot approve
+            {"id": 5, "username": "erin", "state": "blocked"},
+            {"id": 6, "username": "frank", "membership_state": "awaiting"},
+        ],
+    )
+    approvers = [{"id": n, "username": u} for n, u in ((3, "carol"), (5, "erin"), (6, "frank"))]
+    seed(gitlab, ["security-review"], approved_by=approvers)
+    bot = await start_with(tmp_path, start_bot, GROUP_APPROVAL)
+    await evaluate_once(gitlab, bot)
+    assert gitlab.check_status(1, 1, "security-review") == "failed"
+    assert decision_reasons(capsys)["security-review"] == (
+        "approvals: 0 of 1 from acme/security (carol approved but is a Reporter in "
+        "acme/security; erin approved but is blocked (not an active user) in acme/security; "
+        "frank approved but is awaiting approval of their membership in acme/security)"
+    )
 
 
 async def test_members_of_subgroups_count_as_members_of_the_group(
@@ -175,8 +227,9 @@ async def test_members_of_subgroups_count_as_members_of_the_group(
     bot = await start_with(tmp_path, start_bot, GROUP_APPROVAL)
     await evaluate_once(gitlab, bot)
     assert gitlab.check_status(1, 1, "security-review") == "passed"
-    subgroup_reads = [c.path for c in gitlab.calls if c.route == OPTIONAL["subgroup members"]]
-    assert subgroup_reads == ["/api/v4/groups/12/members"]  # not the sibling acme/other
+    member_reads = [c.path for c in gitlab.calls if c.route == OPTIONAL["members"]]
+    # The group's own members and its subgroup's, not the sibling acme/other.
+    assert member_reads == ["/api/v4/groups/acme%2Fsecurity/members", "/api/v4/groups/12/members"]
     # frank, in a sibling group, does not count (memberships come from the cache this time).
     gitlab.unapprove(1, 1, {"id": 5})
     gitlab.approve(1, 1, {"id": 6, "username": "frank"})
@@ -215,9 +268,12 @@ async def test_every_kind_of_fact_is_read_once_and_concurrently(
           - author: {groups: [acme/security], users: [alice]}
     """
     bot = await start_with(tmp_path, start_bot, {"everything.yml": everything})
+    # The first look at the MR reads its facts after the MR itself (they must describe the head
+    # the MR read shows); from then on, while the head stays, one round reads everything.
+    await evaluate_once(gitlab, bot)
     gitlab.latency = 0.1
     await evaluate_once(gitlab, bot)
-    names = ["diffs", "approvals", "commits", "discussions", "members", "subgroups"]
+    names = ["diffs", "approvals", "commits", "discussions", "versions"]
     assert reads(gitlab) == Counter(
         {READ_MR: 1, LIST_CHECKS: 1, **{OPTIONAL[name]: 1 for name in names}}
     )
@@ -225,6 +281,18 @@ async def test_every_kind_of_fact_is_read_once_and_concurrently(
     # One round: every read had started before the first of them was answered.
     assert max(c.started for c in round_one) < min(c.finished for c in round_one)
     assert gitlab.check_status(1, 1, "everything") == "failed"  # the open thread
+
+
+async def test_the_first_look_at_a_head_reads_its_facts_after_the_mr(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    seed(gitlab, ["touches-src"])
+    bot = await start_with(tmp_path, start_bot, CHANGED_FILES)
+    gitlab.latency = 0.05
+    await evaluate_once(gitlab, bot)
+    (mr_read,) = [c for c in gitlab.calls if c.route == READ_MR]
+    (diffs,) = [c for c in gitlab.calls if c.route == OPTIONAL["diffs"]]
+    assert diffs.started >= mr_read.finished
 
 
 async def test_a_policy_out_of_scope_costs_no_reads(
@@ -272,55 +340,67 @@ def three_thousand_files() -> list[dict[str, Any]]:
     return [diff_file(f"src/pkg{i % 40}/mod{i}.py", additions=1) for i in range(3000)]
 
 
-async def test_3000_changed_files_are_read_across_pages_and_counted_fully(
+async def test_3000_changed_files_are_counted_from_diff_stats_when_gitlab_cuts_the_diff(
     gitlab: FakeGitLab,
     start_bot: Callable[..., Any],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """/diffs lists the stored diff: 1,000 files, 30 a page, changes_count "1000+". GraphQL
+    diffStats (Gitaly, no display limits) give the whole change in one request."""
     seed(gitlab, ["few-files", "exactly-3000"], diffs=three_thousand_files())
     bot = await start_with(tmp_path, start_bot, COUNTING)
     await evaluate_once(gitlab, bot)
     pages = [c for c in gitlab.calls if c.route == OPTIONAL["diffs"]]
-    assert len(pages) == 30  # 100 per page, GitLab's maximum
-    assert {c.query.get("per_page") for c in pages} == {"100"}
-    assert sorted(int(c.query.get("page", 1)) for c in pages) == list(range(1, 31))
+    assert len(pages) == 34  # 1000 stored files, 30 a page whatever per_page asks
+    assert sum(len(c.response) for c in pages) == 1000
+    assert len(gitlab.calls_to("POST", "/api/graphql")) == 1
     assert gitlab.statuses(1, 1) == {"few-files": "failed", "exactly-3000": "passed"}
     assert decision_reasons(capsys)["few-files"] == "changed_files_count: 3000 > max 2999"
 
 
-async def test_before_15_7_an_overflowing_changes_list_is_read_again_without_limits(
-    tmp_path: Path, start_bot: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+async def test_before_15_7_an_overflowing_changes_list_is_completed_from_diff_stats(
+    tmp_path: Path, start_bot: Callable[..., Any]
 ) -> None:
     async with FakeGitLab(version="15.3.0", token=TOKEN) as fake:
         seed(fake, ["few-files", "exactly-3000"], diffs=three_thousand_files())
         bot = await start_with(tmp_path, start_bot, COUNTING, gitlab_url=fake.url)
         await evaluate_once(fake, bot)
-        changes = [c for c in fake.calls if c.route == OPTIONAL["changes"]]
-        assert [c.query.get("access_raw_diffs") for c in changes] == [None, "true"]
-        assert changes[0].response["overflow"] is True  # GitLab cut it at 1000 files
+        (changes,) = [c for c in fake.calls if c.route == OPTIONAL["changes"]]
+        assert changes.response["overflow"] is True  # GitLab cut it at 1000 files
         assert fake.statuses(1, 1) == {"few-files": "failed", "exactly-3000": "passed"}
-        events = capsys.readouterr().err
-        assert '"diff_overflow_recovered"' in events
 
 
-async def test_before_15_7_a_diff_that_stays_truncated_is_never_judged_small(
-    tmp_path: Path, start_bot: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+async def test_a_cut_diff_gitlab_will_not_complete_is_never_judged_small(
+    gitlab: FakeGitLab,
+    tmp_path: Path,
+    start_bot: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    async with FakeGitLab(version="15.3.0", token=TOKEN) as fake:
-        seed(fake, ["few-files", "exactly-3000"], diffs=three_thousand_files())
+    seed(gitlab, ["few-files", "exactly-3000"], diffs=three_thousand_files())
+    gitlab.fail(403, times=10, path_contains="/api/graphql")
+    bot = await start_with(tmp_path, start_bot, COUNTING)
+    await evaluate_once(gitlab, bot)
+    # Only 1000 of the files are known: a max can't be confirmed, so both checks fail.
+    assert gitlab.statuses(1, 1) == {"few-files": "failed", "exactly-3000": "failed"}
+    reasons = decision_reasons(capsys)
+    assert reasons["few-files"] == (
+        "changed_files_count: at least 1000, so max 2999 cannot be confirmed: "
+        "GitLab listed 1000 of 1000+ files"
+    )
 
-        def refuse_raw_diffs(call: Call) -> None:
-            if call.query.get("access_raw_diffs"):
-                fake.fail(403, times=1, path_contains="/changes")
 
-        fake.on_request("GET", "/changes", refuse_raw_diffs)
-        bot = await start_with(tmp_path, start_bot, COUNTING, gitlab_url=fake.url)
-        await evaluate_once(fake, bot)
-        # Only 1000 of the files are known: a max can't be confirmed, so both checks fail.
-        assert fake.statuses(1, 1) == {"few-files": "failed", "exactly-3000": "failed"}
-        reasons = decision_reasons(capsys)
-        assert reasons["few-files"] == (
-            "changed_files_count: at least 1000, so max 2999 cannot be confirmed "
-            "(GitLab truncated the list of changed files)"
-        )
+async def test_a_collapsed_big_file_is_counted_in_full(
+    gitlab: FakeGitLab,
+    start_bot: Callable[..., Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """GitLab shows a 5,000-line patch with an empty `diff` (collapsed, or too large): counted
+    as 0 lines, a size limit would pass it."""
+    size = {"size.yml": "check: size-limit\nrequire:\n  - changed_lines: {max: 400}\n"}
+    seed(gitlab, ["size-limit"], diffs=[diff_file("src/big.py", additions=5000)])
+    bot = await start_with(tmp_path, start_bot, size)
+    await evaluate_once(gitlab, bot)
+    assert gitlab.check_status(1, 1, "size-limit") == "failed"
+    assert decision_reasons(capsys)["size-limit"] == "changed_lines: 5000 > max 400"

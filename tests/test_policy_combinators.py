@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.policy import compile_rule, evaluate, load_policy_text, make_facts, render_verdict
+from bot.policy.model import Outcome
 
 SIZE_OR_HOTFIX = """
 any:
@@ -203,20 +204,29 @@ def rule_text(depth: int) -> st.SearchStrategy[str]:
     )
 
 
+def truth(outcome: Outcome) -> bool | None:
+    """The outcome in three-valued logic: True, False, or None when it cannot be decided."""
+    return None if outcome.unknown else outcome.passed
+
+
 @settings(max_examples=200, deadline=None)
 @given(rule_text(2), facts_strategy)
-def test_not_is_the_opposite(text: str, facts) -> None:
-    rule = compile_rule(text)
-    negated = compile_rule("{not: " + text + "}")
-    assert negated.evaluate(facts).passed is not rule.evaluate(facts).passed
+def test_not_is_the_opposite_and_keeps_doubt(text: str, facts) -> None:
+    outcome = compile_rule(text).evaluate(facts)
+    negated = compile_rule("{not: " + text + "}").evaluate(facts)
+    if outcome.unknown:
+        assert (negated.passed, negated.unknown) == (False, True)
+    else:
+        assert negated.passed is not outcome.passed
+    assert not (outcome.passed and outcome.unknown)
 
 
 @settings(max_examples=200, deadline=None)
 @given(rule_text(2), facts_strategy)
 def test_any_or_all_of_one_is_the_rule(text: str, facts) -> None:
-    expected = compile_rule(text).evaluate(facts).passed
-    assert compile_rule("{any: [" + text + "]}").evaluate(facts).passed is expected
-    assert compile_rule("{all: [" + text + "]}").evaluate(facts).passed is expected
+    expected = truth(compile_rule(text).evaluate(facts))
+    assert truth(compile_rule("{any: [" + text + "]}").evaluate(facts)) is expected
+    assert truth(compile_rule("{all: [" + text + "]}").evaluate(facts)) is expected
 
 
 @settings(max_examples=200, deadline=None)
@@ -224,7 +234,7 @@ def test_any_or_all_of_one_is_the_rule(text: str, facts) -> None:
 def test_de_morgan(left: str, right: str, facts) -> None:
     either = compile_rule("{not: {any: [" + left + ", " + right + "]}}").evaluate(facts)
     both = compile_rule("{all: [{not: " + left + "}, {not: " + right + "}]}").evaluate(facts)
-    assert either.passed is both.passed
+    assert truth(either) is truth(both)
 
 
 @settings(max_examples=200, deadline=None)
@@ -237,3 +247,94 @@ def test_failing_rules_explain_themselves(text: str, facts) -> None:
         leaves = list(outcome.failing_leaves())
         assert leaves
         assert all(leaf.evidence and leaf.fix for leaf in leaves)
+
+
+# --- Doubt never becomes a pass ---------------------------------------------------------------
+# What GitLab shows may be less than the truth: a diff it cut (the rest of the files unlisted),
+# no pipeline for the head yet (one may appear, with any status), approvals it may still delete.
+# Whatever rule tree a policy builds, a pass on what GitLab showed must be a pass on every truth
+# consistent with it: otherwise a merge gate passes a commit the truth would fail.
+
+DOUBT_LEAVES = [
+    *LEAVES,
+    "changed_files: ['src/**']",
+    "changed_files_count: {max: 2}",
+    "changed_files_count: {min: 2}",
+    "changed_lines: {min: 3}",
+    "approvals: {count: 1}",
+    "approvals: {count: 2, from: {users: [carol, dave]}}",
+    "pipeline: [failed, canceled]",
+]
+
+
+def doubt_rule_text(depth: int) -> st.SearchStrategy[str]:
+    leaf = st.sampled_from(DOUBT_LEAVES).map(lambda text: "{" + text + "}")
+    if depth == 0:
+        return leaf
+    sub = doubt_rule_text(depth - 1)
+    return st.one_of(
+        leaf,
+        sub.map(lambda inner: "{not: " + inner + "}"),
+        st.lists(sub, min_size=1, max_size=3).map(
+            lambda items: "{any: [" + ", ".join(items) + "]}"
+        ),
+        st.lists(sub, min_size=1, max_size=3).map(
+            lambda items: "{all: [" + ", ".join(items) + "]}"
+        ),
+    )
+
+
+@st.composite
+def shown_and_true(draw: st.DrawFn) -> tuple[object, object]:
+    """(what GitLab shows, one truth consistent with it)."""
+    files = draw(
+        st.lists(
+            st.builds(
+                dict,
+                path=st.sampled_from(["docs/a.md", "src/b.py", "README.md", "docs/c.md"]),
+                additions=st.integers(0, 4),
+            ),
+            max_size=5,
+        )
+    )
+    listed = draw(st.integers(0, len(files)))
+    cut = listed < len(files) or draw(st.booleans())
+    true_pipeline = draw(st.sampled_from([None, "success", "failed", "running", "canceled"]))
+    shown_pipeline = draw(st.sampled_from([None, true_pipeline]))
+    # Each approval is settled, or given before the push and kept, or deleted by GitLab later.
+    fates = {
+        name: draw(st.sampled_from(["none", "settled", "kept", "deleted"]))
+        for name in ("carol", "dave", "erin")
+    }
+    approvers = [name for name, fate in fates.items() if fate != "none"]
+    unsettled = [name for name, fate in fates.items() if fate in ("kept", "deleted")]
+    deleted = [name for name, fate in fates.items() if fate == "deleted"]
+    common = {
+        "title": draw(st.sampled_from(["feat: x", "fix: y"])),
+        "labels": draw(st.lists(st.sampled_from(["hotfix", "blocked"]), unique=True)),
+        "unresolved_threads": draw(st.integers(0, 1)),
+    }
+    shown = make_facts(
+        **common,
+        changed_files=files[:listed],
+        changed_files_truncated=cut,
+        pipeline=shown_pipeline,
+        approved_by=approvers,
+        unsettled_approvers=unsettled,
+    )
+    truth = make_facts(
+        **common,
+        changed_files=files,
+        pipeline=true_pipeline,
+        approved_by=[a for a in approvers if a not in deleted],
+    )
+    return shown, truth
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(doubt_rule_text(2), shown_and_true())
+def test_a_pass_on_what_gitlab_shows_is_a_pass_on_the_truth(text: str, pair) -> None:
+    shown, truth = pair
+    rule = compile_rule(text)
+    if rule.evaluate(shown).passed:
+        assert rule.evaluate(truth).passed, text

@@ -322,35 +322,38 @@ def test_diff_predicates_need_diffs() -> None:
 
 
 def test_a_truncated_diff_never_passes_on_what_gitlab_left_out() -> None:
-    """GitLab before 15.7 may cut /changes short: counts are lower bounds, absences unknown."""
+    """GitLab cuts big diffs: counts are lower bounds, absences unknown (undecided, not passed)."""
     seen = [{"path": f"docs/p{i}.md", "additions": 2} for i in range(1000)]
 
     def cut(rule: str) -> Outcome:
         return judge(rule, changed_files=seen, changed_files_truncated=True)
 
-    note = "(GitLab truncated the list of changed files)"
+    note = "GitLab listed 1000 of 1000+ files"
     over = cut("changed_files_count: {max: 999}")
-    assert (over.passed, over.evidence) == (False, "changed_files_count: at least 1000 > max 999")
+    assert (over.passed, over.unknown, over.evidence) == (
+        False,
+        False,
+        "changed_files_count: at least 1000 > max 999",
+    )
     unsure = cut("changed_lines: {max: 5000}")
-    assert not unsure.passed
+    assert (unsure.passed, unsure.unknown) == (False, True)
     assert (
-        unsure.evidence == f"changed_lines: at least 2000, so max 5000 cannot be confirmed {note}"
+        unsure.evidence == f"changed_lines: at least 2000, so max 5000 cannot be confirmed: {note}"
     )
     assert unsure.fix == "reduce the change to at most 5000 lines"
     floor = cut("changed_files_count: {min: 10}")
     assert (floor.passed, floor.evidence) == (True, "changed_files_count: at least 1000 >= min 10")
     only = cut("only_changed_files: ['docs/**']")
-    assert not only.passed
+    assert (only.passed, only.unknown) == (False, True)
     assert only.evidence == (
-        "only_changed_files: the 1000 paths GitLab listed match docs/**, but the rest cannot be "
-        f"checked {note}"
+        f"only_changed_files: the 1000 paths GitLab listed match docs/**, but {note}"
     )
     some = cut("changed_files: ['src/**']")
-    assert not some.passed
-    assert some.evidence == (
-        f"changed_files: no path among the 1000 paths GitLab listed matches src/** {note}"
-    )
+    assert (some.passed, some.unknown) == (False, True)
+    assert some.evidence == f"changed_files: no path GitLab listed matches src/**, but {note}"
     assert cut("changed_files: ['docs/p3.md']").passed  # a match seen is a match
+    absent = cut("not: {changed_files: ['src/**']}")
+    assert (absent.passed, absent.unknown) == (False, True)  # doubt is not turned into a pass
 
 
 def test_a_truncated_diff_keeps_a_guarded_policy_applicable() -> None:
@@ -445,7 +448,7 @@ def test_pipeline_success() -> None:
 def test_pipeline_missing_is_waiting() -> None:
     outcome = judge("pipeline: success", pipeline=None, sha="abcdef0123456789" * 2 + "abcdefgh")
     assert not outcome.passed
-    assert outcome.evidence == "pipeline: waiting for a pipeline on abcdef01"
+    assert outcome.evidence == "pipeline: waiting for a pipeline for abcdef01"
 
 
 @pytest.mark.parametrize("status", ["running", "pending", "created"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.facts import GroupMembers
 from bot.policy import run_tests, validate_paths
 from bot.policy.testing import make_facts, parse_test_file
 
@@ -103,7 +104,7 @@ def test_case_lines_and_failure_format(tmp_path: Path) -> None:
             expect: {verdict: failed, failing: [pipeline]}
           - name: reason substring
             mr: {pipeline: null}
-            expect: {verdict: failed, reason: "waiting for a pipeline on"}
+            expect: {verdict: failed, reason: "waiting for a pipeline for"}
         """,
     )
     passed, failed, lines = run(tmp_path)
@@ -301,8 +302,8 @@ def test_mr_fields_reach_the_facts(tmp_path: Path) -> None:
     assert [user.username for user in facts.approved_by or ()] == ["sam", "bob"]
     assert [commit.message for commit in facts.commits or ()] == ["fix: a", "fix: b"]
     assert facts.group_members == {
-        "acme/security": frozenset({"sam"}),
-        "acme/leads": frozenset({"lee"}),
+        "acme/security": GroupMembers(frozenset({"sam"})),
+        "acme/leads": GroupMembers(frozenset({"lee"})),
     }
     assert facts.now.isoformat() == "2026-03-27T16:00:00+01:00"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.harness import Harness
 from bench.procs import ROOT
 from bench.report import Figure
-from bot.facts import ChangedFile, Commit, MergeRequestFacts, User
+from bot.facts import ChangedFile, Commit, GroupMembers, MergeRequestFacts, User
 from bot.policy import evaluate, load_policy_dir, load_policy_text
 from bot.policy.model import Policy
 
@@ -57,7 +57,10 @@ def typical_mr() -> MergeRequestFacts:
             for n in range(3)
         ),
         unresolved_threads=0,
-        group_members={"acme/security": frozenset({"carol"}), "acme": frozenset({"alice"})},
+        group_members={
+            "acme/security": GroupMembers(frozenset({"carol"})),
+            "acme": GroupMembers(frozenset({"alice"})),
+        },
         now=dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC),  # a Tuesday, outside any freeze
     )
 

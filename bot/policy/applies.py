@@ -54,16 +54,11 @@ class SourceBranches(SourceBranch):
 
 
 class AppliesChangedFiles(ChangedFiles):
+    """An undecided scope (GitLab listed part of the diff) counts as applying (policy/evaluate)."""
+
     key = "changed_files"
     prefix = ""
     __slots__ = ()
-
-    def evaluate(self, facts: MergeRequestFacts) -> Outcome:
-        outcome = super().evaluate(facts)
-        if outcome.passed or not facts.changed_files_truncated:
-            return outcome
-        # The unlisted files may match: judging the MR is the safe side of not knowing.
-        return self.outcome(True, f"{outcome.evidence}; judged as applicable")
 
 
 _CLASSES: dict[str, type[Predicate]] = {

@@ -2,6 +2,11 @@
 
 Combinators evaluate every child (no short-circuit) so an explanation always shows the whole tree;
 their `wake_at` is the earliest of their children's, so the verdict knows when to look again.
+
+A child may be undecided (`Outcome.unknown`: GitLab's answer was cut, not settled, or refused).
+Combinators follow three-valued logic so that doubt never becomes a pass: `all` fails for sure
+when some child fails for sure, else it is undecided while some child is; `any` holds when some
+child holds, else it is undecided while some child is; `not` of an undecided rule is undecided.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import datetime as dt
 from yaml.nodes import Node
 
 from bot.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
-from bot.policy.model import Outcome, Rule
+from bot.policy.model import Outcome, Rule, judge_rule
 from bot.policy.nodes import Ctx
 from bot.policy.registry import Predicate, compile_rule_item, plural, register
 
@@ -64,18 +69,21 @@ class All(_Group):
     __slots__ = ()
 
     def evaluate(self, facts: MergeRequestFacts) -> Outcome:
-        children = tuple(rule.evaluate(facts) for rule in self.rules)
+        children = tuple(judge_rule(rule, facts) for rule in self.rules)
         failing = [child for child in children if not child.passed]
         wake_at = earliest(children)
         if failing:
             fixes = [child.fix for child in failing if child.fix]
             names = ", ".join(label(child) for child in failing)
+            undecided = all(child.unknown for child in failing)
+            verb = "cannot be decided" if undecided else "fail"
             return self.outcome(
                 False,
-                f"{len(failing)} of {plural(len(children), 'rule')} fail ({names})",
+                f"{len(failing)} of {plural(len(children), 'rule')} {verb} ({names})",
                 fix="; ".join(fixes) or None,
                 children=children,
                 wake_at=wake_at,
+                unknown=undecided,
             )
         undo = [child.negated_fix for child in children if child.negated_fix]
         return self.outcome(
@@ -95,7 +103,7 @@ class Any(_Group):
     __slots__ = ()
 
     def evaluate(self, facts: MergeRequestFacts) -> Outcome:
-        children = tuple(rule.evaluate(facts) for rule in self.rules)
+        children = tuple(judge_rule(rule, facts) for rule in self.rules)
         holding = [child for child in children if child.passed]
         wake_at = earliest(children)
         if holding:
@@ -108,12 +116,17 @@ class Any(_Group):
                 wake_at=wake_at,
             )
         fixes = [child.fix for child in children if child.fix]
+        undecided = [child for child in children if child.unknown]
+        detail = f"none of {plural(len(children), 'rule')} holds"
+        if undecided:
+            detail += f"; {', '.join(label(child) for child in undecided)} cannot be decided"
         return self.outcome(
             False,
-            f"none of {plural(len(children), 'rule')} holds",
+            detail,
             fix=" or ".join(fixes) or None,
             children=children,
             wake_at=wake_at,
+            unknown=bool(undecided),
         )
 
 
@@ -137,7 +150,16 @@ class Not(Predicate):
         return None if rule is None else cls(name, line, rule)
 
     def evaluate(self, facts: MergeRequestFacts) -> Outcome:
-        child = self.rule.evaluate(facts)
+        child = judge_rule(self.rule, facts)
+        if child.unknown:
+            return self.outcome(
+                False,
+                f"cannot tell whether {label(child)} holds ({child.evidence})",
+                fix=child.fix,
+                children=(child,),
+                wake_at=child.wake_at,
+                unknown=True,
+            )
         if child.passed:
             return self.outcome(
                 False,

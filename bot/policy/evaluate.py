@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.facts import MergeRequestFacts
 from bot.policy.combinators import earliest
-from bot.policy.model import Outcome, Policy, Status, Verdict
+from bot.policy.model import Outcome, Policy, Status, Verdict, judge_rule
 
 
 def leaf_text(outcome: Outcome) -> str:
@@ -19,29 +19,36 @@ def _rules(count: int) -> str:
 
 
 def evaluate(policy: Policy, facts: MergeRequestFacts) -> Verdict:
-    """Judge one MR. Raises MissingFactError when a needed fact was not fetched."""
+    """Judge one MR. Raises MissingFactError when a needed fact was not fetched.
+
+    A scope rule that cannot be decided (e.g. `changed_files` on a diff GitLab cut) counts as
+    applying: judging an MR that might be out of scope is the safe side of not knowing.
+    """
     advisory = policy.mode == "advisory"
     for rule in policy.applies_to:
-        scope = rule.evaluate(facts)
-        if not scope.passed:
+        scope = judge_rule(rule, facts)
+        if not scope.passed and not scope.unknown:
             reason = f"not applicable: {scope.evidence}"
             root = Outcome(policy.check, True, reason, children=(scope,))
             return Verdict(
                 policy.check, "passed", reason, applicable=False, advisory=advisory, outcome=root
             )
-    children = tuple(rule.evaluate(facts) for rule in policy.rules)
+    children = tuple(judge_rule(rule, facts) for rule in policy.rules)
     wake_at = earliest(children)
     failing = [child for child in children if not child.passed]
     if failing:
         reason = "; ".join(leaf_text(leaf) for child in failing for leaf in child.failing_leaves())
         fixes = [child.fix for child in failing if child.fix]
+        undecided = all(child.unknown for child in failing)
+        verb = "cannot be decided" if undecided else "fail"
         root = Outcome(
             policy.check,
             False,
-            f"{len(failing)} of {_rules(len(children))} fail",
+            f"{len(failing)} of {_rules(len(children))} {verb}",
             children=children,
             fix="; ".join(fixes) or None,
             wake_at=wake_at,
+            unknown=undecided,
         )
     else:
         every = "all 1 rule holds" if len(children) == 1 else f"all {len(children)} rules hold"
@@ -88,7 +95,13 @@ def render_verdict(verdict: Verdict, color: bool = False) -> str:
     def walk(outcome: Outcome, depth: int, blamed: bool) -> None:
         # `blamed`: every ancestor fails, so a fix here helps (not under a holding `any`/`not`).
         pad = "  " * depth
-        sign = paint("✓", _GREEN) if outcome.passed else paint("✗", _RED)
+        sign = (
+            paint("✓", _GREEN)
+            if outcome.passed
+            else paint("?", _RED)
+            if outcome.unknown
+            else paint("✗", _RED)
+        )
         lines.append(f"{pad}{sign} {leaf_text(outcome)}")
         if blamed and outcome.fix and not outcome.passed and _own_fix(outcome):
             lines.append(f"{pad}    {paint('fix: ' + outcome.fix, _DIM)}")

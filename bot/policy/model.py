@@ -21,6 +21,9 @@ class Outcome:
     """The result of one rule (a predicate or a combinator) against one MR.
 
     `evidence` is one sentence saying what was seen; `fix` says what would make a failing rule pass.
+    `unknown`: what GitLab showed cannot decide the rule (a diff it cut, approvals it may still
+    delete, a group it would not show); `passed` is then False, so a merge gate fails closed,
+    and `not` cannot turn the doubt into a pass (three-valued logic: see combinators).
     """
 
     rule: str
@@ -28,10 +31,12 @@ class Outcome:
     evidence: str
     children: tuple[Outcome, ...] = ()
     fix: str | None = None
-    # When the outcome can change with no event (a freeze window opening or closing), the moment.
+    # When the outcome can change with no event (a freeze window opening or closing, GitLab
+    # settling approvals after a push), the moment.
     wake_at: dt.datetime | None = None
     # For a rule that holds: what would make it stop holding. `not` offers it as its own fix.
     negated_fix: str | None = None
+    unknown: bool = False
 
     def failing_leaves(self) -> Iterator[Outcome]:
         """The failing predicates under this outcome (the rules someone has to act on)."""
@@ -50,6 +55,8 @@ class Outcome:
             "passed": self.passed,
             "evidence": self.evidence,
         }
+        if self.unknown:
+            data["unknown"] = True
         if self.fix:
             data["fix"] = self.fix
         if self.wake_at:
@@ -93,6 +100,30 @@ class Verdict:
             "outcome": self.outcome.to_dict() if self.outcome else None,
             "wake_at": self.wake_at.isoformat() if self.wake_at else None,
         }
+
+
+class UnreadableFact(Exception):
+    """A rule needs a fact GitLab refused to give (403/404...): the rule is undecided, with
+    GitLab's answer as the evidence, and only where the rule is actually judged."""
+
+    def __init__(self, fact: str, reason: str) -> None:
+        self.fact = fact
+        self.reason = reason
+        super().__init__(f"cannot read {fact}: {reason}")
+
+
+def judge_rule(rule: Rule, facts: MergeRequestFacts) -> Outcome:
+    """`rule.evaluate(facts)`, except that a fact GitLab refused makes the rule undecided."""
+    try:
+        return rule.evaluate(facts)
+    except UnreadableFact as exc:
+        return Outcome(
+            rule=rule.name,
+            passed=False,
+            evidence=f"{getattr(rule, 'key', None) or rule.name}: {exc}",
+            fix="let the bot's token read this (see the reason), then comment /recheck",
+            unknown=True,
+        )
 
 
 class MissingFactError(RuntimeError):

@@ -8,11 +8,13 @@ would make a failing rule pass, `negated_fix` what would make a holding rule fai
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from yaml.nodes import Node
 
-from bot.facts import ChangedFile, FactNeeds, MergeRequestFacts
-from bot.policy.model import MissingFactError, Outcome
+from bot.facts import ChangedFile, FactNeeds, GroupMembers, MergeRequestFacts
+from bot.policy.model import MissingFactError, Outcome, UnreadableFact
 from bot.policy.nodes import Ctx, suggest
 from bot.policy.patterns import (
     NameGlobs,
@@ -26,13 +28,32 @@ from bot.policy.registry import Predicate, clip, expect_true, listing, plural, r
 
 # --- helpers shared by predicates -------------------------------------------------------------
 
-TRUNCATED = "GitLab truncated the list of changed files"
+
+def optional_fact(
+    rule: Predicate, facts: MergeRequestFacts, value: Any, fact: str, what: str
+) -> Any:
+    """An optional fact's value; GitLab's refusal makes the rule undecided (UnreadableFact),
+    a fact nobody fetched is a bug (MissingFactError)."""
+    if value is None:
+        if fact in facts.unreadable:
+            raise UnreadableFact(fact, facts.unreadable[fact])
+        raise MissingFactError(rule.name, what)
+    return value
 
 
 def changed_files(rule: Predicate, facts: MergeRequestFacts) -> tuple[ChangedFile, ...]:
-    if facts.changed_files is None:
-        raise MissingFactError(rule.name, "changed files (diffs)")
-    return facts.changed_files
+    return optional_fact(rule, facts, facts.changed_files, "diffs", "changed files (diffs)")
+
+
+def listed(facts: MergeRequestFacts) -> str:
+    """How much of the change GitLab listed, for evidence: `GitLab listed 1000 of 1000+ files`."""
+    count = len(facts.changed_files or ())
+    if facts.changes_count and facts.changes_count != str(count):
+        return f"GitLab listed {count} of {facts.changes_count} files"
+    return f"GitLab listed {plural(count, 'file')}, but not every change"
+
+
+SPLIT_FIX = "split the change into smaller merge requests that GitLab can list in full"
 
 
 def changed_paths(files: tuple[ChangedFile, ...]) -> Iterator[str]:
@@ -41,26 +62,96 @@ def changed_paths(files: tuple[ChangedFile, ...]) -> Iterator[str]:
         yield from changed.paths
 
 
-def group_members(rule: Predicate, facts: MergeRequestFacts, group: str) -> frozenset[str]:
-    try:
-        return facts.group_members[group]
-    except KeyError:
-        raise MissingFactError(rule.name, f"members of group {group}") from None
+def group_members(rule: Predicate, facts: MergeRequestFacts, group: str) -> GroupMembers:
+    found = facts.group_members.get(group)
+    return optional_fact(rule, facts, found, f"members of {group}", f"members of group {group}")
 
 
-def compile_people(
-    ctx: Ctx, node: Node, what: str
-) -> tuple[frozenset[str], tuple[str, ...]] | None:
-    """`{users: [...], groups: [...]}` -> (lower-case usernames, lower-case group paths)."""
+@dataclass(frozen=True)
+class People:
+    """`{users: [...], groups: [...], inherited: false}`: lower-case usernames and group paths.
+
+    A group means its own members and its subgroups' members who can approve (Developer or
+    higher, active); `inherited: true` also counts people GitLab lists for the group through a
+    parent group or a group shared into it (`members/all`)."""
+
+    users: frozenset[str] = frozenset()
+    groups: tuple[str, ...] = ()
+    inherited: bool = False
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.users or self.groups)
+
+    @property
+    def needs(self) -> FactNeeds:
+        return FactNeeds(groups=frozenset(self.groups))
+
+    def phrase(self) -> str:
+        """`acme/security or alice, bob` — who a rule accepts, for evidence and fixes."""
+        parts = list(self.groups)
+        if self.users:
+            parts.append(", ".join(sorted(self.users)))
+        return " or ".join(parts)
+
+    def outsider(self) -> str:
+        """`is not in acme/security` — why someone is not among the accepted people."""
+        in_groups = f"in {' or '.join(self.groups)}"
+        one_of = f"one of {', '.join(sorted(self.users))}"
+        if self.users and self.groups:
+            return f"is neither {in_groups} nor {one_of}"
+        return f"is not {in_groups if self.groups else one_of}"
+
+    def judge(self, rule: Predicate, facts: MergeRequestFacts, username: str) -> Membership:
+        """Whether `username` (lower case) is one of these people, and why (not)."""
+        if username in self.users:
+            return Membership(True, "listed")
+        unreadable: list[str] = []
+        notes: list[str] = []
+        for group in self.groups:
+            try:
+                members = group_members(rule, facts, group)
+            except UnreadableFact as exc:
+                unreadable.append(f"cannot read members of {group}: {exc.reason}")
+                continue
+            if username in members.members:
+                return Membership(True, f"in {group}")
+            if username in members.inherited:
+                if self.inherited:
+                    return Membership(True, f"in {group} (inherited)")
+                notes.append(
+                    f"is in {group} only through a parent or shared group "
+                    "(`inherited: true` counts those)"
+                )
+            elif username in members.ineligible:
+                notes.append(f"is {members.ineligible[username]} in {group}")
+        if unreadable:
+            return Membership(False, "; ".join(unreadable), unknown=True)
+        return Membership(False, notes[0] if notes else self.outsider())
+
+
+@dataclass(frozen=True)
+class Membership:
+    """One person against a `People` rule: counted or not, the phrase that says why, and whether
+    it cannot be known (a group GitLab would not show)."""
+
+    counted: bool
+    why: str
+    unknown: bool = False
+
+
+def compile_people(ctx: Ctx, node: Node, what: str) -> People | None:
+    """`{users: [...], groups: [...], inherited: bool}` -> People."""
     entries = ctx.mapping(node, what)
     if entries is not None and not entries:
         ctx.error(node, f"{what} needs `users`, `groups` or both")
         return None
-    entries = ctx.known(entries, ("users", "groups"), what)
+    entries = ctx.known(entries, ("users", "groups", "inherited"), what)
     if entries is None:
         return None
     users: frozenset[str] = frozenset()
     groups: tuple[str, ...] = ()
+    inherited: bool | None = False
     ok = True
     if "users" in entries:
         items = ctx.string_list(entries["users"].node, f"`{what}.users`", single_ok=True)
@@ -70,40 +161,13 @@ def compile_people(
         items = ctx.string_list(entries["groups"].node, f"`{what}.groups`", single_ok=True)
         ok = ok and items is not None
         groups = tuple(dict.fromkeys(name.strip("/").lower() for name, _ in items or ()))
-    return (users, groups) if ok else None
-
-
-def people_phrase(users: frozenset[str], groups: tuple[str, ...]) -> str:
-    """`acme/security or alice, bob` — who a rule accepts, for evidence and fixes."""
-    parts = list(groups)
-    if users:
-        parts.append(", ".join(sorted(users)))
-    return " or ".join(parts)
-
-
-def outsider_phrase(users: frozenset[str], groups: tuple[str, ...]) -> str:
-    """`is not in acme/security` — why someone is not among the accepted people."""
-    in_groups = f"in {' or '.join(groups)}"
-    one_of = f"one of {', '.join(sorted(users))}"
-    if users and groups:
-        return f"is neither {in_groups} nor {one_of}"
-    return f"is not {in_groups if groups else one_of}"
-
-
-def is_one_of(
-    rule: Predicate,
-    facts: MergeRequestFacts,
-    username: str,
-    users: frozenset[str],
-    groups: tuple[str, ...],
-) -> str | None:
-    """Why `username` (lower case) is accepted ("in acme/security"), or None."""
-    if username in users:
-        return "listed"
-    for group in groups:
-        if username in group_members(rule, facts, group):
-            return f"in {group}"
-    return None
+    if "inherited" in entries:
+        inherited = ctx.boolean(entries["inherited"].node, f"`{what}.inherited`")
+        ok = ok and inherited is not None
+    if ok and not (users or groups):
+        ctx.error(node, f"{what} needs `users`, `groups` or both")
+        return None
+    return People(users, groups, bool(inherited)) if ok else None
 
 
 # --- text ------------------------------------------------------------------------------------
@@ -318,32 +382,29 @@ class Author(Predicate):
     """`author: {users, groups}` — the MR's author is one of them."""
 
     key = "author"
-    __slots__ = ("groups", "outsider", "users", "who")
+    __slots__ = ("people", "who")
 
-    def __init__(
-        self, name: str | None, line: int, users: frozenset[str], groups: tuple[str, ...]
-    ) -> None:
-        super().__init__(name, line, FactNeeds(groups=frozenset(groups)))
-        self.users, self.groups = users, groups
-        self.who = people_phrase(users, groups)
-        self.outsider = outsider_phrase(users, groups)
+    def __init__(self, name: str | None, line: int, people: People) -> None:
+        super().__init__(name, line, people.needs)
+        self.people = people
+        self.who = people.phrase()
 
     @classmethod
     def compile(cls, ctx: Ctx, node: Node, name: str | None, line: int) -> Predicate | None:
         people = compile_people(ctx, node, "`author`")
-        return None if people is None else cls(name, line, *people)
+        return None if people is None else cls(name, line, people)
 
     def evaluate(self, facts: MergeRequestFacts) -> Outcome:
         author = facts.author.username
-        why = is_one_of(self, facts, author.lower(), self.users, self.groups)
-        if why is not None:
+        membership = self.people.judge(self, facts, author.lower())
+        if membership.counted:
+            why = membership.why
             detail = f"{author} is {'one of ' + self.who if why == 'listed' else why}"
             return self.outcome(True, detail, negated_fix=f"have someone other than {self.who}")
-        return self.outcome(
-            False,
-            f"{author} {self.outsider}",
-            fix=f"have the change authored by {self.who}",
-        )
+        fix = f"have the change authored by {self.who}"
+        if membership.unknown:
+            return self.undecided(f"{author}: {membership.why}", fix=fix)
+        return self.outcome(False, f"{author} {membership.why}", fix=fix)
 
 
 # --- the diff --------------------------------------------------------------------------------
@@ -377,13 +438,14 @@ class ChangedFiles(Predicate):
                     f"{path} matches {self.globs}",
                     negated_fix=f"change no files matching {self.globs}",
                 )
+        if not facts.paths_complete:
+            # The files GitLab did not list may match: a lower bound is no proof of absence.
+            return self.undecided(
+                f"no path GitLab listed matches {self.globs}, but {listed(facts)}",
+                fix=SPLIT_FIX,
+            )
         if not total:
             detail = "the MR changes no files"
-        elif facts.changed_files_truncated:
-            detail = (
-                f"no path among the {plural(total, 'path')} GitLab listed matches {self.globs} "
-                f"({TRUNCATED})"
-            )
         else:
             detail = f"no changed path matches {self.globs} ({plural(total, 'path')} checked)"
         return self.outcome(False, detail, fix=f"change a file matching {self.globs}")
@@ -405,18 +467,17 @@ class OnlyChangedFiles(ChangedFiles):
             total += 1
             if not matches(path):
                 outside.append(path)
+        if not outside and not facts.paths_complete:
+            return self.undecided(
+                f"the {plural(total, 'path')} GitLab listed match {self.globs}, but "
+                f"{listed(facts)}",
+                fix=SPLIT_FIX,
+            )
         if not total:
             return self.outcome(
                 True,
                 f"the MR changes no files, so none is outside {self.globs}",
                 negated_fix=f"change a file outside {self.globs}",
-            )
-        if not outside and facts.changed_files_truncated:
-            return self.outcome(
-                False,
-                f"the {plural(total, 'path')} GitLab listed match {self.globs}, but the rest "
-                f"cannot be checked ({TRUNCATED})",
-                fix="split the change so that GitLab lists every changed file",
             )
         if not outside:
             return self.outcome(
@@ -439,7 +500,7 @@ class _Bounds(Predicate):
     __slots__ = ("max", "min")
 
     def __init__(self, name: str | None, line: int, low: int | None, high: int | None) -> None:
-        super().__init__(name, line, FactNeeds(diffs=True))
+        super().__init__(name, line, FactNeeds(diffs=True, line_counts=True))
         self.min, self.max = low, high
 
     @classmethod
@@ -468,28 +529,31 @@ class _Bounds(Predicate):
     def measure(self, files: tuple[ChangedFile, ...]) -> int:
         raise NotImplementedError
 
+    def exact(self, facts: MergeRequestFacts) -> bool:
+        """Whether `measure` is the true value, not a lower bound."""
+        raise NotImplementedError
+
     def evaluate(self, facts: MergeRequestFacts) -> Outcome:
         value = self.measure(changed_files(self, facts))
+        exact = self.exact(facts)
+        shown = str(value) if exact else f"at least {value}"
         shrink = (
             f"reduce the change to at most {plural(self.max, self.unit)}"
             if self.max is not None
             else None
         )
+        # A lower bound can prove `> max` and `>= min`, never `<= max` or `< min`.
         if self.max is not None and value > self.max:
-            at_least = "at least " if facts.changed_files_truncated else ""
-            return self.outcome(False, f"{at_least}{value} > max {self.max}", fix=shrink)
-        if facts.changed_files_truncated and self.max is not None:
-            # GitLab listed only part of the diff: `value` is a lower bound, the max unprovable.
-            return self.outcome(
-                False,
-                f"at least {value}, so max {self.max} cannot be confirmed ({TRUNCATED})",
-                fix=shrink,
+            return self.outcome(False, f"{shown} > max {self.max}", fix=shrink)
+        if not exact and (self.max is not None or (self.min is not None and value < self.min)):
+            return self.undecided(
+                f"{shown}, so {self.bounds()} cannot be confirmed: {self.doubt(facts)}",
+                fix=shrink or SPLIT_FIX,
             )
         if self.min is not None and value < self.min:
-            at_least = " so far" if facts.changed_files_truncated else ""
             return self.outcome(
                 False,
-                f"{value}{at_least} < min {self.min}",
+                f"{value} < min {self.min}",
                 fix=f"grow the change to at least {plural(self.min, self.unit)}",
             )
         if self.min is not None and self.max is not None:
@@ -497,15 +561,21 @@ class _Bounds(Predicate):
         elif self.max is not None:
             held = f"{value} <= max {self.max}"
         else:
-            held = (
-                f"{'at least ' if facts.changed_files_truncated else ''}{value} >= min {self.min}"
-            )
+            held = f"{shown} >= min {self.min}"
         undo = (
             f"grow the change beyond {plural(self.max, self.unit)}"
             if self.max is not None
             else f"shrink the change below {plural(self.min or 0, self.unit)}"
         )
         return self.outcome(True, held, negated_fix=undo)
+
+    def bounds(self) -> str:
+        parts = [f"min {self.min}"] if self.min is not None else []
+        parts += [f"max {self.max}"] if self.max is not None else []
+        return ", ".join(parts)
+
+    def doubt(self, facts: MergeRequestFacts) -> str:
+        return listed(facts)
 
 
 @register
@@ -519,6 +589,14 @@ class ChangedLines(_Bounds):
     def measure(self, files: tuple[ChangedFile, ...]) -> int:
         return sum(changed.additions + changed.deletions for changed in files)
 
+    def exact(self, facts: MergeRequestFacts) -> bool:
+        return facts.line_counts_exact
+
+    def doubt(self, facts: MergeRequestFacts) -> str:
+        if not facts.file_count_exact:
+            return listed(facts)
+        return "GitLab did not show the lines of every file (it collapses big diffs)"
+
 
 @register
 class ChangedFilesCount(_Bounds):
@@ -531,32 +609,30 @@ class ChangedFilesCount(_Bounds):
     def measure(self, files: tuple[ChangedFile, ...]) -> int:
         return len(files)
 
+    def exact(self, facts: MergeRequestFacts) -> bool:
+        return facts.file_count_exact
+
 
 # --- review, pipeline, threads, commits, conflicts -------------------------------------------
 
 
 @register
 class Approvals(Predicate):
-    """`approvals: {count, from: {users, groups}, exclude_author}` — enough eligible approvals."""
+    """`approvals: {count, from: {users, groups, inherited}, exclude_author}` — enough eligible
+    approvals. An approval GitLab may still delete (given before a push, in a project that
+    resets approvals on push, while GitLab has not settled them) does not count yet."""
 
     key = "approvals"
-    __slots__ = ("count", "exclude_author", "groups", "outsider", "source", "users")
+    __slots__ = ("count", "exclude_author", "people", "source")
 
     def __init__(
-        self,
-        name: str | None,
-        line: int,
-        count: int,
-        users: frozenset[str],
-        groups: tuple[str, ...],
-        exclude_author: bool,
+        self, name: str | None, line: int, count: int, people: People, exclude_author: bool
     ) -> None:
-        super().__init__(name, line, FactNeeds(approvals=True, groups=frozenset(groups)))
-        self.count, self.users, self.groups = count, users, groups
+        super().__init__(name, line, FactNeeds(approvals=True) | people.needs)
+        self.count, self.people = count, people
         self.exclude_author = exclude_author
-        who = people_phrase(users, groups)
+        who = people.phrase()
         self.source = f" from {who}" if who else ""
-        self.outsider = outsider_phrase(users, groups)
 
     @classmethod
     def compile(cls, ctx: Ctx, node: Node, name: str | None, line: int) -> Predicate | None:
@@ -567,7 +643,7 @@ class Approvals(Predicate):
         count: int | None = 1
         if "count" in entries:
             count = ctx.integer(entries["count"].node, "`approvals.count`", minimum=1)
-        people: tuple[frozenset[str], tuple[str, ...]] | None = (frozenset(), ())
+        people: People | None = People()
         if "from" in entries:
             people = compile_people(ctx, entries["from"].node, "`approvals.from`")
         exclude: bool | None = True
@@ -575,27 +651,42 @@ class Approvals(Predicate):
             exclude = ctx.boolean(entries["exclude_author"].node, "`approvals.exclude_author`")
         if count is None or people is None or exclude is None:
             return None
-        return cls(name, line, count, people[0], people[1], exclude)
+        return cls(name, line, count, people, exclude)
 
     def evaluate(self, facts: MergeRequestFacts) -> Outcome:
-        if facts.approved_by is None:
-            raise MissingFactError(self.name, "approvals")
+        approved_by = optional_fact(self, facts, facts.approved_by, "approvals", "approvals")
         author = facts.author.username.lower()
-        restricted = bool(self.users or self.groups)
         counted: list[str] = []
+        unsettled: list[str] = []  # would count, but GitLab may still delete the approval
+        undecided: list[str] = []  # would count if GitLab showed the group
         notes: list[str] = []
         seen: set[str] = set()
-        for user in facts.approved_by:
+        for user in approved_by:
             login = user.username.lower()
             if login in seen:
                 continue
             seen.add(login)
             if self.exclude_author and login == author:
                 notes.append(f"{user.username} approved but is the author")
-            elif restricted and is_one_of(self, facts, login, self.users, self.groups) is None:
-                notes.append(f"{user.username} approved but {self.outsider}")
+                continue
+            if self.people.restricted:
+                membership = self.people.judge(self, facts, login)
+                if membership.unknown:
+                    undecided.append(user.username)
+                    notes.append(f"{user.username} approved; {membership.why}")
+                    continue
+                if not membership.counted:
+                    notes.append(f"{user.username} approved but {membership.why}")
+                    continue
+            if login in facts.unsettled_approvers:
+                unsettled.append(user.username)
             else:
                 counted.append(user.username)
+        if unsettled:
+            notes.append(
+                f"{listing(unsettled)} approved before the push to {facts.sha[:8]} and GitLab "
+                "may still remove it"
+            )
         details = [", ".join(counted)] if counted else []
         details += notes or ([] if counted else ["no approvals yet"])
         detail = f"{len(counted)} of {self.count}{self.source} ({'; '.join(details)})"
@@ -606,9 +697,16 @@ class Approvals(Predicate):
                 negated_fix=f"have fewer than {plural(self.count, 'approval')}{self.source}",
             )
         more = self.count - len(counted)
-        return self.outcome(
-            False, detail, fix=f"get {more} more {plural(more, 'approval')[2:]}{self.source}"
-        )
+        fix = f"get {more} more {plural(more, 'approval')[2:]}{self.source}"
+        if len(counted) + len(unsettled) + len(undecided) >= self.count:
+            if unsettled and len(counted) + len(unsettled) >= self.count:
+                return self.undecided(
+                    f"waiting for GitLab to settle approvals after the push: {detail}",
+                    fix="wait: the bot looks again when GitLab has settled the approvals",
+                    wake_at=facts.approvals_settle_at,
+                )
+            return self.undecided(detail, fix=fix)
+        return self.outcome(False, detail, fix=fix)
 
 
 PIPELINE_STATUSES = (
@@ -631,13 +729,15 @@ _IN_PROGRESS = frozenset(
 
 @register
 class Pipeline(Predicate):
-    """`pipeline: success` or `[success, skipped]` — the head pipeline's status is one of these."""
+    """`pipeline: success` or `[success, skipped]` — the status of the pipeline built for the
+    MR's head is one of these. A pipeline for an older head never counts (GitLab keeps showing
+    it as the head pipeline after a push until a pipeline for the new head exists)."""
 
     key = "pipeline"
     __slots__ = ("allowed", "wanted")
 
     def __init__(self, name: str | None, line: int, allowed: tuple[str, ...]) -> None:
-        super().__init__(name, line)
+        super().__init__(name, line, FactNeeds(pipeline=True))
         self.allowed = frozenset(allowed)
         self.wanted = " or ".join(allowed)
 
@@ -658,15 +758,21 @@ class Pipeline(Predicate):
         return cls(name, line, tuple(dict.fromkeys(s for s, _ in items))) if ok else None
 
     def evaluate(self, facts: MergeRequestFacts) -> Outcome:
+        if "pipeline" in facts.unreadable:
+            raise UnreadableFact("pipeline", facts.unreadable["pipeline"])
         status = facts.pipeline_status
         if status is not None and status in self.allowed:
             return self.outcome(
                 True, f"the pipeline is {status}", negated_fix="make the pipeline not " + status
             )
         if status is None:
-            return self.outcome(
-                False,
-                f"waiting for a pipeline on {facts.sha[:8]}",
+            stale = (
+                f" (GitLab still shows the pipeline of {facts.stale_pipeline_sha[:8]})"
+                if facts.stale_pipeline_sha
+                else ""
+            )
+            return self.undecided(
+                f"waiting for a pipeline for {facts.sha[:8]}{stale}",
                 fix=f"run a pipeline for {facts.sha[:8]} (needs {self.wanted})",
             )
         if status in _IN_PROGRESS:
@@ -754,9 +860,7 @@ class Commits(Predicate):
         return cls(name, line, message, bool(signed)) if ok else None
 
     def evaluate(self, facts: MergeRequestFacts) -> Outcome:
-        commits = facts.commits
-        if commits is None:
-            raise MissingFactError(self.name, "commits")
+        commits = optional_fact(self, facts, facts.commits, "commits", "commits")
         total = len(commits)
         if not total:
             return self.outcome(True, "the MR has no commits", negated_fix="push a commit")

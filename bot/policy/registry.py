@@ -60,17 +60,26 @@ class Predicate:
         negated_fix: str | None = None,
         wake_at: dt.datetime | None = None,
         children: tuple[Outcome, ...] = (),
+        unknown: bool = False,
     ) -> Outcome:
-        """An outcome whose evidence reads `key: detail`; `fix` only when failing."""
+        """An outcome whose evidence reads `key: detail`; `fix` only when failing. `unknown`
+        (never with `passed`): GitLab's answer cannot decide the rule."""
         return Outcome(
             rule=self.name,
-            passed=passed,
+            passed=passed and not unknown,
             evidence=f"{self.key}: {detail}" if self.prefix is None else self.prefix + detail,
             children=children,
-            fix=None if passed else fix,
-            negated_fix=negated_fix if passed else None,
+            fix=None if passed and not unknown else fix,
+            negated_fix=negated_fix if passed and not unknown else None,
             wake_at=wake_at,
+            unknown=unknown,
         )
+
+    def undecided(
+        self, detail: str, *, fix: str | None = None, wake_at: dt.datetime | None = None
+    ) -> Outcome:
+        """The rule cannot be decided from what GitLab showed: fails closed, says why."""
+        return self.outcome(False, detail, fix=fix, wake_at=wake_at, unknown=True)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} line {self.line}>"

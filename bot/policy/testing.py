@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from bot.facts import ChangedFile, Commit, MergeRequestFacts, User
+from bot.facts import ChangedFile, Commit, GroupMembers, MergeRequestFacts, User
 from bot.policy.evaluate import evaluate
 from bot.policy.loader import (
     POLICY_SUFFIXES,
@@ -90,15 +90,20 @@ def make_facts(
     changed_files: Iterable[str | Mapping[str, Any] | ChangedFile] | None = (),
     changed_files_truncated: bool = False,
     approved_by: Iterable[str] | None = (),
+    unsettled_approvers: Iterable[str] = (),
     commits: Iterable[str | Mapping[str, Any] | Commit] | None = (),
-    group_members: Mapping[str, Iterable[str]] | None = None,
+    group_members: Mapping[str, Iterable[str] | GroupMembers] | None = None,
     now: dt.datetime | str | None = None,
 ) -> MergeRequestFacts:
-    """MR facts from plain values; every optional fact is present (empty) unless given None."""
+    """MR facts from plain values; every optional fact is present (empty) unless given None.
+
+    `changed_files_truncated`: GitLab cut the diff, so paths, file count and line counts are all
+    lower bounds. `group_members`: usernames that count as members of each group."""
     if isinstance(now, str):
         now = dt.datetime.fromisoformat(now)
     if blocking_discussions_resolved is None:
         blocking_discussions_resolved = not unresolved_threads
+    files = None if changed_files is None else tuple(changed_file(s) for s in changed_files)
     return MergeRequestFacts(
         project_id=project_id,
         project_path=project,
@@ -114,17 +119,21 @@ def make_facts(
         pipeline_status=pipeline,
         blocking_discussions_resolved=blocking_discussions_resolved,
         has_conflicts=has_conflicts,
-        changed_files=None
-        if changed_files is None
-        else tuple(changed_file(spec) for spec in changed_files),
-        changed_files_truncated=changed_files_truncated,
+        changed_files=files,
+        changes_count=f"{len(files or ())}{'+' if changed_files_truncated else ''}",
+        paths_complete=not changed_files_truncated,
+        file_count_exact=not changed_files_truncated,
+        line_counts_exact=not changed_files_truncated,
         approved_by=None if approved_by is None else tuple(user(name) for name in approved_by),
+        unsettled_approvers=frozenset(name.lower() for name in unsettled_approvers),
         commits=None
         if commits is None
         else tuple(commit(spec, index) for index, spec in enumerate(commits)),
         unresolved_threads=unresolved_threads,
         group_members={
-            group.strip("/").lower(): frozenset(name.lstrip("@").lower() for name in names)
+            group.strip("/").lower(): names
+            if isinstance(names, GroupMembers)
+            else GroupMembers(frozenset(name.lstrip("@").lower() for name in names))
             for group, names in (group_members or {}).items()
         },
         now=now or DEFAULT_NOW,
