@@ -107,8 +107,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
         return 1
+    for warning in _unreadable_references(paths):
+        print(f"warning: {warning}")
     print("policies are valid")
     return 0
+
+
+def _unreadable_references(paths: Sequence[str]) -> list[str]:
+    """With GITLAB_URL and a token in the environment: the groups and users the policies name
+    that GitLab cannot show (warnings; without a token nothing is checked)."""
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return []
+    import asyncio
+
+    import aiohttp
+
+    from bot.gitlab import GitLab
+    from bot.policy.loader import is_test_file, load_folder
+    from bot.references import unreadable
+
+    policies = [
+        policy
+        for raw in paths
+        if not (Path(raw).is_file() and is_test_file(Path(raw)))
+        for policy in load_folder(Path(raw)).policies
+    ]
+
+    async def check() -> list[str]:
+        async with aiohttp.ClientSession() as session:
+            gitlab = GitLab.from_settings(session, settings, max_attempts=2)
+            return await unreadable(gitlab, policies)
+
+    return asyncio.run(check())
 
 
 def cmd_test(args: argparse.Namespace) -> int:

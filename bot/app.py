@@ -29,6 +29,7 @@ from bot.metrics import Metrics
 from bot.policy_store import PolicyStore
 from bot.queue import CoalescingQueue
 from bot.record import DecisionRecord
+from bot.references import unreadable
 from bot.sticky import StickyNotes, details_links
 from bot.sweep import BASE_REQUESTS_PER_EVALUATION, Sweeper
 
@@ -57,12 +58,28 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GITLAB] = gitlab
         if await gitlab.detect_version() is None:
             app[VERSION_RETRY] = asyncio.create_task(_retry_version(gitlab))
+        check = asyncio.create_task(_warn_unreadable_references(gitlab, app[POLICIES]))
         yield
+        check.cancel()
         task = app.get(VERSION_RETRY)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        with contextlib.suppress(asyncio.CancelledError):
+            await check
+
+
+async def _warn_unreadable_references(gitlab: GitLab, store: PolicyStore) -> None:
+    """At start-up, name every group or user the policies mention that GitLab cannot show:
+    rules consulting them would stay undecided (failed) until that is fixed."""
+    try:
+        problems = await unreadable(gitlab, store.current.policies)
+    except Exception:  # a warning must never stop the service
+        log.exception("policy_references_unchecked")
+        return
+    for problem in problems:
+        log.warning("policy_reference_unreadable", problem=problem)
 
 
 async def _retry_version(gitlab: GitLab, interval: float = 60.0) -> None:

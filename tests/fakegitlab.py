@@ -462,6 +462,7 @@ class FakeGitLab:
         # State
         self.projects: dict[int, Project] = {}
         self.groups: dict[int, Group] = {}
+        self.extra_users: list[JSON] = []
         self.url = ""
         self._ids = itertools.count(100)
         self._faults: list[Fault] = []
@@ -1809,6 +1810,7 @@ class FakeGitLab:
         return [
             Route("GET", "/version", self._get_version),
             Route("GET", "/user", self._get_user),
+            Route("GET", "/users", self._list_users),
             Route("GET", "/projects/:id", self._get_project),
             Route("PUT", "/projects/:id", self._put_project),
             Route("GET", "/projects/:id/merge_requests", self._list_mrs),
@@ -1862,6 +1864,28 @@ class FakeGitLab:
     def _get_user(self, ctx: Ctx) -> web.Response:
         """GET /user: the token's user."""
         return web.json_response(_user(self.user, self.url) | {"bot": True})
+
+    def _list_users(self, ctx: Ctx) -> web.Response:
+        """GET /users?username=: the user with that username (case-insensitive), or an empty
+        list (lib/api/users.rb; UsersFinder by username). Users the fake knows: the token's,
+        group members, MR authors and approvers, and those given to `add_user`."""
+        known: dict[str, JSON] = {self.user["username"].lower(): self.user}
+        for group in self.groups.values():
+            known.update({m["username"].lower(): m for m in group.members})
+        for project in self.projects.values():
+            for mr in project.mrs.values():
+                known[mr.data["author"]["username"].lower()] = mr.data["author"]
+                known.update({u["username"].lower(): u for u in mr.approved_by})
+        known.update({u["username"].lower(): u for u in self.extra_users})
+        wanted = str(ctx.params.get("username") or "").lower()
+        found = [_user(known[wanted], self.url)] if wanted in known else []
+        return self._paginate(
+            ctx, found if wanted else [_user(u, self.url) for u in known.values()]
+        )
+
+    def add_user(self, user: Mapping[str, Any]) -> None:
+        """A user who exists in GitLab (GET /users) without being in any group or MR."""
+        self.extra_users.append(_user(user, self.url))
 
     # ---------------------------------------------------------------- projects
 

@@ -270,6 +270,33 @@ def test_validate_reports_every_problem_as_file_line_message(tmp_path: Path) -> 
     assert result.stderr == "5 problems found\n"
 
 
+async def test_validate_warns_about_groups_and_users_gitlab_cannot_show(
+    gitlab: FakeGitLab, tmp_path: Path
+) -> None:
+    """A typo in a group name would leave every rule consulting it undecided: with a token,
+    `validate` names it, where, and what GitLab said (a warning: the policy itself is valid)."""
+    gitlab.add_group(11, "acme/security", [{"id": 3, "username": "carol"}])
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "dba.yml").write_text(
+        "check: dba-review\n"
+        "require:\n"
+        "  - approvals: {count: 1, from: {groups: [acme/dba, acme/security]}}\n"
+        "  - author: {users: [nobody-here]}\n"
+    )
+    result = await asyncio.to_thread(
+        run_bot, "validate", str(folder), GITLAB_URL=gitlab.url, GITLAB_TOKEN=TOKEN
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"warning: {folder}/dba.yml:3: group acme/dba: GitLab answered 404: the project, merge "
+        "request or status check does not exist, or the token's user cannot see it (add it as "
+        "a member of the project)",
+        f"warning: {folder}/dba.yml:4: user nobody-here: GitLab has no such user",
+        "policies are valid",
+    ]
+
+
 def test_validate_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
     assert_one_error_line(run_bot("validate", str(tmp_path / "nope")), "no such file or folder")
 

@@ -499,3 +499,35 @@ async def test_gitlab_14_failures_are_logged_as_not_reportable(
     events = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
     actions = {e["check"]: e["action"] for e in events if e["event"] == "decision"}
     assert actions == {"conventional-title": "posted", "pipeline-green": "not_reportable"}
+
+
+async def test_serve_warns_at_start_about_groups_gitlab_cannot_show(
+    gitlab: FakeGitLab,
+    start_bot: Callable[..., Any],
+    policy_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write_policies(
+        policy_dir,
+        {
+            "dba.yml": """
+                check: dba-review
+                require:
+                  - approvals: {count: 1, from: {groups: [acme/dba]}}
+            """
+        },
+    )
+    await start_bot()
+
+    def warnings() -> list[dict[str, Any]]:
+        lines = capsys.readouterr().err.splitlines()
+        seen.extend(json.loads(x) for x in lines if x.startswith("{"))
+        return [e for e in seen if e["event"] == "policy_reference_unreadable"]
+
+    seen: list[dict[str, Any]] = []
+    await eventually(lambda: bool(warnings()))
+    (warning,) = warnings()
+    assert warning["level"] == "warning"
+    assert warning["problem"].startswith(
+        f"{policy_dir}/dba.yml:4: group acme/dba: GitLab answered 404"
+    )
