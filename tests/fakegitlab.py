@@ -864,11 +864,81 @@ class FakeGitLab:
         *,
         author: Mapping[str, Any] | None = None,
         system: bool = False,
+        internal: bool = False,
     ) -> JSON:
-        """A plain comment (an individual, non-resolvable note), by `author` or the token's user."""
-        return self.add_discussion(
+        """A plain comment (an individual, non-resolvable note), by `author` or the token's user.
+        `internal`: an internal note (GitLab's `confidential` column, shown as `internal` from
+        15.0 and as `confidential` before)."""
+        note = self.add_discussion(
             project_id, iid, body, resolvable=False, author=author or self.user, system=system
         )["notes"][0]
+        note["internal"] = note["confidential"] = internal
+        return note
+
+    def note_deliveries(self, project_id: int, iid: int, note: Mapping[str, Any]) -> list[JSON]:
+        """The webhook deliveries GitLab makes for `note` on MR !iid: one per project hook that
+        subscribed to it, as {"url", "headers", "payload"} (post them to the bot as they are).
+
+        Follows app/services/notes/post_process_service.rb (`execute_note_hooks`: hooks_scope =
+        confidential ? :confidential_note_hooks : :note_hooks), app/services/web_hook_service.rb
+        (`hook_to_event`: X-Gitlab-Event "Confidential Note Hook" for :confidential_note_hooks,
+        else "Note Hook"; X-Gitlab-Token is the hook's token) and lib/gitlab/data_builder/note.rb
+        (object_kind "note", event_type "confidential_note" or "note"). An internal note reaches
+        only hooks with `confidential_note_events` (lib/api/project_hooks.rb), a public one only
+        hooks with `note_events`."""
+        project = self.projects[project_id]
+        mr = project.mrs[iid]
+        confidential = bool(note.get("internal") or note.get("confidential"))
+        flag = "confidential_note_events" if confidential else "note_events"
+        event = "Confidential Note Hook" if confidential else "Note Hook"
+        path = project.data["path_with_namespace"]
+        payload = {
+            "object_kind": "note",
+            "event_type": "confidential_note" if confidential else "note",
+            "user": _user(note.get("author") or self.user, self.url),
+            "project_id": project_id,
+            "project": {
+                "id": project_id,
+                "name": project.data["name"],
+                "path_with_namespace": path,
+                "web_url": f"{self.url}/{path}",
+            },
+            "object_attributes": {
+                "id": note["id"],
+                "note": note["body"],
+                "noteable_type": "MergeRequest",
+                "author_id": (note.get("author") or {}).get("id"),
+                "project_id": project_id,
+                "noteable_id": mr.data["id"],
+                "system": bool(note.get("system")),
+                "confidential": confidential,
+                "internal": confidential,
+                "action": "create",
+                "url": f"{mr.data['web_url']}#note_{note['id']}",
+            },
+            "merge_request": {
+                key: mr.data[key]
+                for key in (
+                    "id",
+                    "iid",
+                    "title",
+                    "state",
+                    "source_branch",
+                    "target_branch",
+                    "source_project_id",
+                    "target_project_id",
+                )
+            },
+        }
+        deliveries = []
+        for hook in sorted(project.hooks.values(), key=lambda h: h["id"]):
+            if not hook.get(flag):
+                continue
+            headers = {"Content-Type": "application/json", "X-Gitlab-Event": event}
+            if hook.get("token"):
+                headers["X-Gitlab-Token"] = hook["token"]
+            deliveries.append({"url": hook["url"], "headers": headers, "payload": payload})
+        return deliveries
 
     def add_group(
         self,

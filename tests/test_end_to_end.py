@@ -225,6 +225,31 @@ async def test_recheck_note_re_evaluates(gitlab: FakeGitLab, bot: Bot) -> None:
     assert gitlab.check_status(1, 1, "conventional-title") == "passed"
 
 
+async def test_recheck_in_an_internal_note_re_evaluates(gitlab: FakeGitLab, bot: Bot) -> None:
+    """An internal note fires `Confidential Note Hook` (to hooks with confidential_note_events,
+    as `register` sets them up); its /recheck re-evaluates like a public one."""
+    seed(gitlab)
+    gitlab.add_hook(
+        1,
+        f"{bot.url}/webhook",
+        merge_requests_events=True,
+        note_events=True,
+        confidential_note_events=True,
+        token=WEBHOOK_SECRET,
+    )
+    gitlab.reset_calls()
+    note = gitlab.add_note(1, 1, "/recheck", author={"id": 7, "username": "sam"}, internal=True)
+    [delivery] = gitlab.note_deliveries(1, 1, note)
+    assert delivery["headers"]["X-Gitlab-Event"] == "Confidential Note Hook"
+    status, body = await bot.deliver(
+        delivery["payload"], event=None, token=None, headers=delivery["headers"]
+    )
+    assert status == 202, body
+    await bot.settle()
+    assert reads_of_mr(gitlab) == 1
+    assert gitlab.check_status(1, 1, "conventional-title") == "passed"
+
+
 async def test_pipeline_success_flips_the_pipeline_rule(gitlab: FakeGitLab, bot: Bot) -> None:
     seed(gitlab)
     await bot.deliver(payloads.merge_request_hook(sha=SHA))
