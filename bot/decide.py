@@ -380,7 +380,7 @@ class Evaluator:
                 log.exception("decision_record_unreadable")
         if last is None or last[0] != sha:
             # Nothing posted for this SHA. A `failed` is no sign of tampering: GitLab 16.6+
-            # turns a check left pending into `failed` by itself.
+            # turns the pending row it stored at MR creation (or on Retry) into `failed`.
             return shown in ("passed", "approved")
         posted = last[1]
         if posted == "passed" and shown == "approved":

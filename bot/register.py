@@ -254,9 +254,12 @@ def plan_checks(
                 )
             )
         else:
+            # GitLab times out (16.6+) only the pending rows it stores at MR creation, on Retry
+            # or when posted; after a push nothing stores one, so the check stays pending.
             notes.append(
                 f"status check {name} points at the bot but no policy decides it: it stays "
-                "pending (failed on 16.6+) on every MR; --prune deletes it"
+                "pending on every MR (after a push for good), which blocks merging where "
+                f"{REQUIRE_LABEL} is on; --prune deletes it"
             )
     return items, notes
 

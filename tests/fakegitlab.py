@@ -287,7 +287,7 @@ class MergeRequest:
     discussions: list[JSON] = field(default_factory=list)
     pipelines: list[JSON] = field(default_factory=list)  # newest first
     responses: list[StatusResponse] = field(default_factory=list)  # oldest first
-    head_since: float = 0.0  # when the current head SHA arrived (16.6+ pending timeout)
+    head_since: float = 0.0  # when the current head SHA arrived (FakeGitLab.now())
     fixed_merge_status: str | None = None  # a detailed_merge_status the test pinned
 
 
@@ -402,7 +402,7 @@ class FakeGitLab:
         self.rate_limit_limit = 2000
         self.rate_limit_reset_after = 60  # seconds, for RateLimit-Reset and Retry-After
         # Status check behaviour
-        self.pending_timeout: float | None = 120.0  # 16.6+: pending turns failed after this
+        self.pending_timeout: float | None = 120.0  # 16.6+: a stored pending row fails after it
         self.legacy_status_checks: bool | None = None  # None: decided by version (< 15.0)
         # Record
         self.calls: list[Call] = []
@@ -663,6 +663,7 @@ class FakeGitLab:
         head_pipeline = fields.pop("head_pipeline", None)
         data.update(fields)
         project.mrs[iid] = mr
+        self._create_pending_rows(project, mr)
         if diffs is not None:
             self.set_diffs(project_id, iid, diffs)
         self.set_commits(
@@ -679,6 +680,25 @@ class FakeGitLab:
             self.set_pipeline(project_id, iid, pipeline_status)
         self._refresh(project, mr)
         return data
+
+    def _create_pending_rows(self, project: Project, mr: MergeRequest) -> None:
+        """A new MR gets a stored `pending` row for each of the project's checks, for its head
+        at creation: ee/app/models/ee/merge_request.rb (after_create_commit
+        :create_pending_status_check_responses, where status checks are licensed) runs
+        ee/app/workers/compliance_management/pending_status_check_worker.rb, which creates one
+        per check of the project (every check, whatever its branches). Nothing else creates one
+        but Retry and a posted `pending`: a push does not. Such rows can only exist where
+        `pending` is a status at all (16.5+, ee/app/models/merge_requests/status_check_response.rb
+        `enum status: %w[passed failed pending]`)."""
+        if self.legacy_status or not self.at_least(16, 5) or not self._has_ultimate(project):
+            return
+        sha = mr.data.get("sha")
+        if not sha:  # `return unless diff_head_sha.present?`
+            return
+        for check_id in sorted(project.checks):
+            mr.responses.append(
+                StatusResponse(self._next_id(), check_id, sha, "pending", self.now())
+            )
 
     def mr(self, project_id: int, iid: int) -> JSON:
         """The stored API shape of an MR (mutable)."""
@@ -730,7 +750,8 @@ class FakeGitLab:
         reset_approvals: bool = False,
     ) -> None:
         """The source branch moves to `sha`: every status check is pending again for the new SHA
-        (responses for the old SHA stay stored but no longer count), `head_pipeline` is null until
+        (responses for the old SHA stay stored but no longer count; no row is stored for the new
+        SHA, so an unanswered check stays pending: see `_status_of`), `head_pipeline` is null until
         a pipeline for the new SHA exists (`pipeline` creates one at once), and with `message` a
         commit is added on top. `reset_approvals` mimics "Remove all approvals when commits are
         added"."""
@@ -1500,28 +1521,32 @@ class FakeGitLab:
         ]
 
     def _status_of(self, mr: MergeRequest, check: JSON) -> str:
-        """ExternalStatusCheck#status: the newest response for the MR's head SHA, else pending.
+        """ExternalStatusCheck#status (ee/app/models/merge_requests/external_status_check.rb):
+        the newest stored row for the MR's head SHA, else 'pending' (no row: nothing times out).
 
-        14.0-14.8: any response means "approved". 16.6+: a pending response (or none) older than
-        `pending_timeout` reads as failed, as GitLab's timeout worker flips it (it creates the
-        pending rows when the head changes, hence `head_since`)."""
+        14.0-14.8: any response means "approved". 16.6+: a stored `pending` row reads as failed
+        once it is older than `pending_timeout`, as
+        ee/app/workers/compliance_management/timeout_pending_status_check_responses_worker.rb
+        (cron, every minute) flips `StatusCheckResponse.pending.timeout_eligible` rows:
+        retried_at IS NULL AND created_at < 2 minutes ago, OR retried_at < 2 minutes ago
+        (ee/app/models/merge_requests/status_check_response.rb). Only stored rows: the pending
+        shown for a head nobody answered (e.g. after a push) stays pending for good."""
         sha = mr.data["sha"]
         rows = [r for r in mr.responses if r.check_id == check["id"] and r.sha == sha]
         if self.legacy_status:
             return "approved" if rows else "pending"
-        if rows:
-            status = rows[-1].status
-            since = rows[-1].retried_at or rows[-1].created_at
-        else:
-            status, since = "pending", mr.head_since
+        if not rows:
+            return "pending"
+        row = rows[-1]
         if (
-            status == "pending"
+            row.status == "pending"
             and self.at_least(16, 6)
             and self.pending_timeout is not None
-            and self.now() - since >= self.pending_timeout
+            and self.now() - (row.retried_at if row.retried_at is not None else row.created_at)
+            >= self.pending_timeout
         ):
             return "failed"
-        return status
+        return row.status
 
     def _render_check(self, project: Project, check: JSON) -> JSON:
         """The ExternalStatusCheck entity; `hmac` (whether a secret is set) from 17.3; the secret
@@ -2014,9 +2039,11 @@ class FakeGitLab:
         return web.json_response(body, status=201)
 
     def _retry_status_check(self, ctx: Ctx) -> web.Response:
-        """POST .../status_checks/:check_id/retry (15.7+): only a check that is failed for the
-        head SHA (else 422 "External status check must be failed"); its newest response goes
-        back to pending (GitLab re-sends the check request) and the answer is 202."""
+        """POST .../status_checks/:check_id/retry (15.7+): only a check whose newest stored row
+        for the head SHA is failed (else 422 "External status check must be failed", also for a
+        pending nobody stored, e.g. after a push); that row goes back to pending with
+        retried_at set (GitLab re-sends the check request) and the answer is 202, as
+        ee/app/services/external_status_checks/retry_service.rb does."""
         self._licensed_project(ctx)
         project, mr = self._mr(ctx)
         check_id = ctx.args["external_status_check_id"]
@@ -2026,13 +2053,9 @@ class FakeGitLab:
         if self._status_of(mr, check) != "failed":
             raise ApiError(422, {"message": "External status check must be failed"})
         sha = mr.data["sha"]
-        rows = [r for r in mr.responses if r.check_id == check["id"] and r.sha == sha]
-        if rows:
-            rows[-1].status = "pending"
-            rows[-1].retried_at = self.now()
-        else:  # failed by the 16.6+ timeout of an implicit pending
-            row = self.set_status(project.data["id"], mr.data["iid"], check["id"], sha, "pending")
-            row.retried_at = row.created_at
+        last = [r for r in mr.responses if r.check_id == check["id"] and r.sha == sha][-1]
+        last.status = "pending"
+        last.retried_at = self.now()
         self._touch(project, mr)
         return web.json_response({"message": "202 Accepted"}, status=202)
 
