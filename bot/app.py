@@ -148,6 +148,13 @@ async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
     )
     app[SWEEPER] = sweeper
+    if sweeper.budget < settings.sweep_budget:
+        log.info(
+            "sweep_budget_capped",
+            sweep_budget=settings.sweep_budget,
+            gitlab_rate_limit=settings.gitlab_rate_limit,
+            reason="the sweep never spends more than GITLAB_RATE_LIMIT, the budget of all calls",
+        )
 
     def count_repairs(decision: Decision) -> None:
         if decision.trigger == "sweep" and decision.action == "posted":

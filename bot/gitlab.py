@@ -142,6 +142,32 @@ class RateLimitPacer:
 MAX_PACING_DELAY = 30.0
 
 
+class RequestBudget:
+    """A request budget of our own: a token bucket without burst (requests start 1/rate
+    apart on average), shared by every caller. Self-managed GitLab sends `RateLimit-*` only with
+    the 429 itself (lib/gitlab/rack_attack.rb), so `RateLimitPacer` cannot slow down before the
+    limit there; this can. The sweep paces itself with one too (its own, smaller budget)."""
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("a request budget needs a rate above 0")
+        self.rate = rate
+        self._next_slot = 0.0
+
+    def restart(self) -> None:
+        """Forget the debt of earlier spending: the next request may start at once."""
+        self._next_slot = time.monotonic()
+
+    async def spend(self, requests: float = 1.0) -> None:
+        """Wait for this caller's slot; `requests` more may start no sooner than the budget
+        allows. Concurrent callers queue up, each slot reserved before anyone sleeps."""
+        now = time.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + requests / self.rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
     """gidgetlab's aiohttp client with a timeout, retries and a concurrency limit per request."""
 
@@ -155,6 +181,7 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
         concurrency: int,
         max_attempts: int,
         on_response: Callable[[str, str, int | None, Mapping[str, str]], None] | None,
+        budget: RequestBudget | None = None,
     ) -> None:
         super().__init__(session, USER_AGENT, access_token=token, url=url)
         self._timeout = timeout
@@ -162,6 +189,7 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
         self._max_attempts = max_attempts
         self._on_response = on_response
         self.pacer = RateLimitPacer()
+        self.budget = budget  # GITLAB_RATE_LIMIT: every attempt of every request spends from it
 
     def format_url(self, url: str, params: Mapping[str, Any]) -> str:
         """gidgetlab's URL building without its per-request `urljoin`/`urlparse`/`parse_qs` for
@@ -191,14 +219,20 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
             attempt += 1
             await self.pacer.wait()
             try:
-                async with (
-                    self._limit,
-                    asyncio.timeout(self._timeout),
-                    # gidgetlab passes b"" for "no body"; aiohttp would then schedule a task per
-                    # request to write those zero bytes. None sends the same request without it.
-                    self._session.request(method, url, headers=headers, data=body or None) as r,
-                ):
-                    status, resp_headers, data = r.status, r.headers, await r.read()
+                async with self._limit:
+                    if self.budget is not None:
+                        # Inside the concurrency limit, so requests that waited for a free slot
+                        # there do not then start together; outside the timeout, which is
+                        # GitLab's time to answer.
+                        await self.budget.spend()
+                    async with (
+                        asyncio.timeout(self._timeout),
+                        # gidgetlab passes b"" for "no body"; aiohttp would then schedule a task
+                        # per request to write those zero bytes. None sends the same request
+                        # without it.
+                        self._session.request(method, url, headers=headers, data=body or None) as r,
+                    ):
+                        status, resp_headers, data = r.status, r.headers, await r.read()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if self._on_response:
                     self._on_response(method, url, None, {})
@@ -263,6 +297,7 @@ class GitLab:
         concurrency: int = 16,
         max_attempts: int = 4,
         on_response: Callable[[str, str, int | None, Mapping[str, str]], None] | None = None,
+        rate_limit: float = 0.0,
     ) -> None:
         self.api = _HardenedAPI(
             session,
@@ -272,6 +307,7 @@ class GitLab:
             concurrency=concurrency,
             max_attempts=max_attempts,
             on_response=on_response,
+            budget=RequestBudget(rate_limit) if rate_limit > 0 else None,
         )
         self.detected_version: Version | None = None
         self.reachable: bool | None = None
@@ -288,8 +324,14 @@ class GitLab:
             "token": settings.gitlab_token,
             "timeout": settings.gitlab_timeout,
             "concurrency": settings.gitlab_concurrency,
+            "rate_limit": settings.gitlab_rate_limit,
         }
         return cls(session, **{**options, **overrides})
+
+    @property
+    def rate_limit(self) -> float:
+        """Requests per second all calls may make together (GITLAB_RATE_LIMIT); 0: no limit."""
+        return self.api.budget.rate if self.api.budget is not None else 0.0
 
     # -- plumbing ---------------------------------------------------------------------------
 

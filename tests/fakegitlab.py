@@ -401,6 +401,10 @@ class FakeGitLab:
         self.rate_limit_remaining: int | None = None
         self.rate_limit_limit = 2000
         self.rate_limit_reset_after = 60  # seconds, for RateLimit-Reset and Retry-After
+        # RateLimit-* on every answer, as GitLab.com does (lib/gitlab/middleware/
+        # rack_attack_headers.rb, behind the `rate_limiting_headers_for_unthrottled_requests`
+        # feature flag). Off: only the 429 carries them, as on self-managed GitLab.
+        self.rate_limit_headers_always = False
         # Status check behaviour
         self.pending_timeout: float | None = 120.0  # 16.6+: a stored pending row fails after it
         self.legacy_status_checks: bool | None = None  # None: decided by version (< 15.0)
@@ -1191,7 +1195,8 @@ class FakeGitLab:
             if self.rate_limit_remaining <= 0:
                 return self._throttled()
             self.rate_limit_remaining -= 1
-            rate_headers = self._rate_limit_headers()
+            if self.rate_limit_headers_always:
+                rate_headers = self._rate_limit_headers()
         try:
             if not self._authenticated(request):
                 raise ApiError(401, {"message": "401 Unauthorized"})
@@ -1250,7 +1255,11 @@ class FakeGitLab:
         }
 
     def _throttled(self) -> web.Response:
-        """Rack::Attack's throttle answer: 429, text "Retry later", Retry-After, RateLimit-*."""
+        """Rack::Attack's throttle answer: 429, text "Retry later", Retry-After, RateLimit-*.
+
+        lib/gitlab/rack_attack.rb: the `throttled_responder` adds `throttled_response_headers`
+        (RateLimit-Name/-Limit/-Observed/-Remaining/-Reset/-ResetTime and Retry-After) to the 429
+        only; an answer that is not throttled carries none unless `rate_limit_headers_always`."""
         response = web.Response(status=429, text="Retry later\n", content_type="text/plain")
         response.headers["Retry-After"] = str(self.rate_limit_reset_after)
         response.headers.update(self._rate_limit_headers())

@@ -536,12 +536,17 @@ async def test_latency_random_failures_and_rate_limit_headers(
     assert time.monotonic() - started >= 0.05
     fake.latency = 0.0
 
-    fake.rate_limit_remaining = 1
+    fake.rate_limit_remaining = 2
+    fake.rate_limit_headers_always = True  # GitLab.com-like
     async with session.get(f"{fake.api_url}{MR}", headers=headers(fake)) as response:
-        assert response.headers["RateLimit-Remaining"] == "0"
+        assert response.headers["RateLimit-Remaining"] == "1"
         assert response.headers["RateLimit-Limit"] == "2000"
+    fake.rate_limit_headers_always = False  # self-managed: RateLimit-* only on the 429 itself
+    async with session.get(f"{fake.api_url}{MR}", headers=headers(fake)) as response:
+        assert response.status == 200 and "RateLimit-Remaining" not in response.headers
     async with session.get(f"{fake.api_url}{MR}", headers=headers(fake)) as response:
         assert response.status == 429 and response.headers["Retry-After"] == "60"
+        assert response.headers["RateLimit-Remaining"] == "0"
     fake.rate_limit_remaining = None
 
     fake.fail_randomly(0.5, statuses=(500, 503), seed=3)
