@@ -55,7 +55,7 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
         gitlab = GitLab.from_settings(session, settings, on_response=app[METRICS].gitlab_response)
         app[GITLAB] = gitlab
         if await gitlab.detect_version() is None:
-            app[VERSION_RETRY] = asyncio.create_task(_retry_version(gitlab))
+            app[VERSION_RETRY] = asyncio.create_task(_retry_version(app, gitlab))
         yield
         task = app.get(VERSION_RETRY)
         if task is not None:
@@ -64,11 +64,16 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
                 await task
 
 
-async def _retry_version(gitlab: GitLab, interval: float = 60.0) -> None:
-    """Keep asking until GitLab says its version (it decides how failures are reported)."""
+async def _retry_version(app: web.Application, gitlab: GitLab) -> None:
+    """Keep asking until GitLab says its version (it decides how failures are reported): soon
+    after a failure, never before GitLab's Retry-After (GitLab.detect_version schedules it);
+    then look again at once at the MRs whose failure waited for it."""
     while gitlab.detected_version is None:
-        await asyncio.sleep(interval)
-        await gitlab.detect_version()
+        await asyncio.sleep(max(0.1, gitlab.version_retry_in()))
+        await gitlab.refresh_version()
+    evaluator = app.get(EVALUATOR)
+    if evaluator is not None:
+        evaluator.release_deferred()
 
 
 async def _record_ctx(app: web.Application) -> AsyncIterator[None]:
