@@ -57,7 +57,7 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
         gitlab = GitLab.from_settings(session, settings, on_response=app[METRICS].gitlab_response)
         app[GITLAB] = gitlab
         if await gitlab.detect_version() is None:
-            app[VERSION_RETRY] = asyncio.create_task(_retry_version(gitlab))
+            app[VERSION_RETRY] = asyncio.create_task(_retry_version(app, gitlab))
         check = asyncio.create_task(_warn_unreadable_references(gitlab, app[POLICIES]))
         yield
         check.cancel()
@@ -82,11 +82,16 @@ async def _warn_unreadable_references(gitlab: GitLab, store: PolicyStore) -> Non
         log.warning("policy_reference_unreadable", problem=problem)
 
 
-async def _retry_version(gitlab: GitLab, interval: float = 60.0) -> None:
-    """Keep asking until GitLab says its version (it decides how failures are reported)."""
+async def _retry_version(app: web.Application, gitlab: GitLab) -> None:
+    """Keep asking until GitLab says its version (it decides how failures are reported): soon
+    after a failure, never before GitLab's Retry-After (GitLab.detect_version schedules it);
+    then look again at once at the MRs whose failure waited for it."""
     while gitlab.detected_version is None:
-        await asyncio.sleep(interval)
-        await gitlab.detect_version()
+        await asyncio.sleep(max(0.1, gitlab.version_retry_in()))
+        await gitlab.refresh_version()
+    evaluator = app.get(EVALUATOR)
+    if evaluator is not None:
+        evaluator.release_deferred()
 
 
 async def _record_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -167,6 +172,13 @@ async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
     )
     app[SWEEPER] = sweeper
+    if sweeper.budget < settings.sweep_budget:
+        log.info(
+            "sweep_budget_capped",
+            sweep_budget=settings.sweep_budget,
+            gitlab_rate_limit=settings.gitlab_rate_limit,
+            reason="the sweep never spends more than GITLAB_RATE_LIMIT, the budget of all calls",
+        )
 
     def count_repairs(decision: Decision) -> None:
         if decision.trigger == "sweep" and decision.action == "posted":

@@ -42,6 +42,7 @@ class Settings:
     link_secret: str | None = None
     link_ttl: float = 7 * 24 * 3600.0
     sweep_budget: float = 5.0
+    gitlab_rate_limit: float = 0.0  # requests per second for all GitLab calls; 0: no limit
     evaluation_spacing: float = 0.5
     record_retention_days: float = 90.0
     approval_settle_seconds: float = 30.0
@@ -153,6 +154,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         link_secret=env.get("LINK_SECRET") or None,
         link_ttl=_number(env, "LINK_TTL", 7 * 24 * 3600, minimum=60),
         sweep_budget=_number(env, "SWEEP_BUDGET", 5, minimum=0.1),
+        gitlab_rate_limit=_number(env, "GITLAB_RATE_LIMIT", 0, minimum=0),
         evaluation_spacing=_number(env, "EVALUATION_SPACING", 0.5, minimum=0),
         record_retention_days=_number(env, "RECORD_RETENTION_DAYS", 90, minimum=1),
         # GitLab deletes approvals 10 s after it records a push; below that is never safe.

@@ -16,7 +16,6 @@ import asyncio
 import datetime as dt
 import inspect
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,7 +31,9 @@ from bot.policy.model import MissingFactError, Outcome, Policy, PolicySet, Verdi
 log = get_logger(__name__)
 
 MAX_RETRY_DELAY = 300.0
-DEFERRED_RETRY = 30.0  # seconds before a failure deferred for an unknown GitLab version is retried
+# Seconds before a failure deferred for an unknown GitLab version is looked at again, at most:
+# sooner when the version may be asked again sooner.
+DEFERRED_RETRY = 30.0
 POSTED_MEMORY = 100_000
 
 
@@ -54,6 +55,12 @@ class Decision:
     # GitLab showed a verdict for this SHA that the bot never posted (someone set it by hand).
     tampered: bool = False
 
+
+# What one read of an MR gives an evaluation: facts, (listed check, policy) pairs, the listed
+# checks, and the MR as GitLab answered.
+_Read = tuple[
+    MergeRequestFacts, list[tuple[dict[str, Any], Policy]], list[dict[str, Any]], dict[str, Any]
+]
 
 DecisionListener = Callable[[Decision], Awaitable[None] | None]
 # Called once per completed evaluation with all its decisions (e.g. one sticky note per MR).
@@ -79,14 +86,29 @@ def action_for(verdict: Verdict, gitlab_status: str, reports_failures: bool | No
     return "posted"
 
 
-def reports_failures(gitlab: GitLab, listed: Sequence[dict[str, Any]]) -> bool | None:
-    """Whether GitLab can show a failed check: known from its version, or inferred from a
-    listed `approved` (only 14.x says that); None when neither tells."""
-    if gitlab.detected_version is not None:
-        return gitlab.reports_failures
-    if any(check.get("status") == "approved" for check in listed):
-        return False
-    return None
+def reports_failures(
+    gitlab: GitLab, listed: Sequence[dict[str, Any]], mr: dict[str, Any] | None = None
+) -> bool | None:
+    """Whether GitLab can show a failed check: known from its version, or learned from what
+    GitLab's answers show (kept by the client for every later evaluation); None when nothing
+    tells yet.
+
+    - a listed `approved`: only 14.0-14.8 say that (ee/lib/api/entities/merge_requests/
+      status_check.rb then showed approved/pending) → failures cannot be shown;
+    - a listed `passed` or `failed`: only GitLab that takes `status` shows them (15.0+, or 14.9+
+      with its flag on) → failures can be shown;
+    - the MR read has `detailed_merge_status`: exposed from 15.6 on (lib/api/entities/
+      merge_request_basic.rb; 14.x has only `merge_status`) → failures can be shown.
+    """
+    if gitlab.detected_version is None:
+        statuses = {check.get("status") for check in listed}
+        if "approved" in statuses:
+            gitlab.learn_reports_failures(False, "a status check listed as approved")
+        elif statuses & {"passed", "failed"}:
+            gitlab.learn_reports_failures(True, "a status check listed as passed or failed")
+        if mr is not None and "detailed_merge_status" in mr:
+            gitlab.learn_reports_failures(True, "the merge request shows detailed_merge_status")
+    return gitlab.known_reports_failures
 
 
 def _hint_facts(key: MRKey, hint: Hint | None) -> MergeRequestFacts | None:
@@ -170,8 +192,8 @@ class Evaluator:
         self.listeners: list[DecisionListener] = []
         self.retry_base = 5.0  # seconds before re-evaluating after a transient GitLab failure
         self.deferred_retry = DEFERRED_RETRY
-        self.version_retry = 10.0  # at most this often an evaluation asks an unknown version
-        self._version_asked = time.monotonic()  # start-up has just asked
+        # MRs whose failure waits for GitLab's version: re-queued as soon as it is known.
+        self._deferred: set[MRKey] = set()
         self.evaluation_listeners: list[EvaluationListener] = []
         self._known_checks: dict[int, frozenset[str]] = {}
         self._failures: dict[MRKey, int] = {}
@@ -240,12 +262,6 @@ class Evaluator:
         if not policy_set.policies:
             log.warning("no_policies", key=str(key))
             return None
-        if (
-            self.gitlab.detected_version is None
-            and time.monotonic() - self._version_asked > self.version_retry
-        ):
-            self._version_asked = time.monotonic()
-            await self.gitlab.detect_version()  # how failures are reported depends on it
         try:
             read = await self._read(key, hint, policy_set)
         except HeadMoved as moved:
@@ -253,8 +269,8 @@ class Evaluator:
             return self._look_again(key)
         if read is None:
             return None
-        facts, matched, listed = read
-        decisions = await self._decide(key, facts, matched, trigger, listed)
+        facts, matched, listed, mr = read
+        decisions = await self._decide(key, facts, matched, trigger, listed, mr)
         if decisions is None:
             # The head moved under us: look again at once, and back off if it keeps happening
             # (an inconsistent MR must not burn the rate limit in a tight loop).
@@ -267,7 +283,12 @@ class Evaluator:
             if d.verdict.wake_at is not None
         ]
         if any(d.action == "deferred" for d in decisions):
-            delays.append(self.deferred_retry)
+            self._deferred.add(key)
+            soon = self.gitlab.version_retry_in() + 0.5
+            delays.append(max(1.0, min(self.deferred_retry, soon)))
+        else:
+            self._deferred.discard(key)
+        self.release_deferred()
         return min(delays) if delays else None
 
     def _look_again(self, key: MRKey) -> float:
@@ -277,9 +298,7 @@ class Evaluator:
             del self._head_moves[next(iter(self._head_moves))]
         return 0.0 if moves == 1 else min(MAX_RETRY_DELAY, 0.5 * 2 ** (moves - 2))
 
-    async def _read(
-        self, key: MRKey, hint: Hint | None, policy_set: PolicySet
-    ) -> tuple[MergeRequestFacts, list[tuple[dict[str, Any], Policy]], list[dict[str, Any]]] | None:
+    async def _read(self, key: MRKey, hint: Hint | None, policy_set: PolicySet) -> _Read | None:
         """The MR, its listed checks with their policies, and the facts those policies need,
         all for one head SHA (see the module docstring). None when there is nothing to judge."""
         known = self._heads.get(key)
@@ -287,10 +306,13 @@ class Evaluator:
         # the delivery does not announce another one (a push): the facts then describe it.
         optimistic = known is not None and (hint is None or hint.sha in (None, known))
         prefetch = self._prefetch_needs(policy_set, key, hint) if optimistic else NO_NEEDS
-        mr, listed, raw = await asyncio.gather(
+        mr, listed, raw, _ = await asyncio.gather(
             self.gitlab.merge_request(key.project_id, key.iid),
             self.gitlab.status_checks(key.project_id, key.iid),
             self.reader.fetch(key.project_id, key.iid, prefetch),
+            # How failures are reported depends on the version: while it is unknown, ask again
+            # when it is time (alongside the reads, so an evaluation never waits for it).
+            self.gitlab.refresh_version(),
         )
         facts = base_facts(mr, project_path=hint.project_path if hint else None)
         facts = replace(facts, now=self.clock())
@@ -321,13 +343,24 @@ class Evaluator:
             log.debug("fact_read", needs=missing.describe(), **log_ctx)
             raw = {**raw, **await self.reader.fetch(key.project_id, key.iid, missing)}
         facts = merge_facts(facts, await self.reader.interpret(raw, mr, facts, needs | prefetch))
-        return facts, matched, listed
+        return facts, matched, listed, mr
 
     def _remember_head(self, key: MRKey, sha: str) -> None:
         self._heads.pop(key, None)
         self._heads[key] = sha
         if len(self._heads) > POSTED_MEMORY:
             del self._heads[next(iter(self._heads))]
+
+    def release_deferred(self) -> None:
+        """Once GitLab's version (or what it implies) is known, look again at once at every MR
+        whose failure waited for it."""
+        if not self._deferred or self.gitlab.known_reports_failures is None:
+            return
+        waiting, self._deferred = self._deferred, set()
+        evidence = self.gitlab.learned_from if self.gitlab.detected_version is None else "/version"
+        log.info("deferred_released", merge_requests=len(waiting), evidence=evidence)
+        for key in waiting:
+            self.submit(key, Hint(trigger="version"))
 
     def _prefetch_needs(self, policy_set: PolicySet, key: MRKey, hint: Hint | None) -> FactNeeds:
         """The optional facts the policies that probably apply will read (hints are guesses)."""
@@ -345,12 +378,21 @@ class Evaluator:
         matched: list[tuple[dict[str, Any], Policy]],
         trigger: str,
         listed: Sequence[dict[str, Any]],
+        mr: dict[str, Any] | None = None,
     ) -> list[Decision] | None:
-        can_fail = reports_failures(self.gitlab, listed)
+        can_fail = reports_failures(self.gitlab, listed, mr)
+        verdicts = [(check, policy, judge(policy, facts)) for check, policy in matched]
+        if can_fail is None and any(
+            action_for(verdict, str(check.get("status") or "pending"), None) == "deferred"
+            for check, _, verdict in verdicts
+        ):
+            # A failure would wait for the version: ask GitLab in a way that stores nothing.
+            check_id = int(verdicts[0][0]["id"])
+            await self.gitlab.reports_failures_probe(key.project_id, key.iid, check_id)
+            can_fail = self.gitlab.known_reports_failures
         decisions: list[Decision] = []
         posts: list[tuple[Decision, Awaitable[None]]] = []
-        for check, policy in matched:
-            verdict = judge(policy, facts)
+        for check, policy, verdict in verdicts:
             shown = str(check.get("status") or "pending")
             action = action_for(verdict, shown, can_fail)
             tampered = action == "posted" and await self._looks_forged(
@@ -414,7 +456,7 @@ class Evaluator:
                 log.exception("decision_record_unreadable")
         if last is None or last[0] != sha:
             # Nothing posted for this SHA. A `failed` is no sign of tampering: GitLab 16.6+
-            # turns a check left pending into `failed` by itself.
+            # turns the pending row it stored at MR creation (or on Retry) into `failed`.
             return shown in ("passed", "approved")
         posted = last[1]
         if posted == "passed" and shown == "approved":

@@ -84,7 +84,7 @@ def base_facts(mr: Mapping[str, Any], *, project_path: str | None = None) -> Mer
 
     GitLab's `head_pipeline` is the stored association, which keeps the previous head's pipeline
     after a push until a pipeline for the new head exists: it counts only when built for `sha`
-    (a merged-results pipeline, built on a merge commit, is checked by `read_optional`)."""
+    (a merged-results pipeline, built on a merge commit, is checked by `FactReader`)."""
     labels = mr.get("labels") or []
     sha = str(mr.get("sha") or "")
     pipeline = head_pipeline(mr)

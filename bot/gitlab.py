@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
 import re
 import time
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 USER_AGENT = "gitlab-status-check-bot"
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# python-gitlab retries 500/502/503/504 by default: a 500 on a read is as transient as a 502.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+VERSION_RETRY_MAX = 60.0  # seconds between two asks of an unknown version, at most
+PROBE_SHA = "0" * 40  # never a head: a probe POST can only be refused (see reports_failures_probe)
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)")
 
 
@@ -168,6 +172,32 @@ class ServerClock:
         return time.time() + self.offset
 
 
+class RequestBudget:
+    """A request budget of our own: a token bucket without burst (requests start 1/rate
+    apart on average), shared by every caller. Self-managed GitLab sends `RateLimit-*` only with
+    the 429 itself (lib/gitlab/rack_attack.rb), so `RateLimitPacer` cannot slow down before the
+    limit there; this can. The sweep paces itself with one too (its own, smaller budget)."""
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("a request budget needs a rate above 0")
+        self.rate = rate
+        self._next_slot = 0.0
+
+    def restart(self) -> None:
+        """Forget the debt of earlier spending: the next request may start at once."""
+        self._next_slot = time.monotonic()
+
+    async def spend(self, requests: float = 1.0) -> None:
+        """Wait for this caller's slot; `requests` more may start no sooner than the budget
+        allows. Concurrent callers queue up, each slot reserved before anyone sleeps."""
+        now = time.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + requests / self.rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
     """gidgetlab's aiohttp client with a timeout, retries and a concurrency limit per request."""
 
@@ -181,6 +211,7 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
         concurrency: int,
         max_attempts: int,
         on_response: Callable[[str, str, int | None, Mapping[str, str]], None] | None,
+        budget: RequestBudget | None = None,
     ) -> None:
         super().__init__(session, USER_AGENT, access_token=token, url=url)
         self._timeout = timeout
@@ -189,6 +220,9 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
         self._on_response = on_response
         self.pacer = RateLimitPacer()
         self.clock = ServerClock()
+        self.budget = budget  # GITLAB_RATE_LIMIT: every attempt of every request spends from it
+        # When GitLab last said "Retry-After": no retry of anything should come before this.
+        self.retry_not_before = 0.0
 
     def format_url(self, url: str, params: Mapping[str, Any]) -> str:
         """gidgetlab's URL building without its per-request `urljoin`/`urlparse`/`parse_qs` for
@@ -218,14 +252,20 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
             attempt += 1
             await self.pacer.wait()
             try:
-                async with (
-                    self._limit,
-                    asyncio.timeout(self._timeout),
-                    # gidgetlab passes b"" for "no body"; aiohttp would then schedule a task per
-                    # request to write those zero bytes. None sends the same request without it.
-                    self._session.request(method, url, headers=headers, data=body or None) as r,
-                ):
-                    status, resp_headers, data = r.status, r.headers, await r.read()
+                async with self._limit:
+                    if self.budget is not None:
+                        # Inside the concurrency limit, so requests that waited for a free slot
+                        # there do not then start together; outside the timeout, which is
+                        # GitLab's time to answer.
+                        await self.budget.spend()
+                    async with (
+                        asyncio.timeout(self._timeout),
+                        # gidgetlab passes b"" for "no body"; aiohttp would then schedule a task
+                        # per request to write those zero bytes. None sends the same request
+                        # without it.
+                        self._session.request(method, url, headers=headers, data=body or None) as r,
+                    ):
+                        status, resp_headers, data = r.status, r.headers, await r.read()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if self._on_response:
                     self._on_response(method, url, None, {})
@@ -240,17 +280,24 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
             self.clock.observe(resp_headers)
             if self._on_response:
                 self._on_response(method, url, status, resp_headers)
+            retry_after = _retry_after(status, resp_headers)
+            if retry_after is not None:
+                self.retry_not_before = max(self.retry_not_before, time.monotonic() + retry_after)
             if (
                 status in RETRYABLE_STATUSES
                 and attempt < self._max_attempts
                 and (self._retryable(method, url) or status == 429)
             ):
-                await asyncio.sleep(_retry_delay(status, resp_headers, attempt))
+                await asyncio.sleep(retry_after if retry_after is not None else _backoff(attempt))
                 continue
             if status == 422 and not data:
                 # gidgetlab expects a JSON body on 422 and raises AttributeError without one.
                 data = b'{"message": "422 Unprocessable Entity"}'
                 resp_headers = {**resp_headers, "content-type": "application/json"}
+            elif status == 400:
+                # Grape's parameter errors are {"error": "status is missing"}; gidgetlab only
+                # reads "message", and the operator (and the version probe) want the reason.
+                data, resp_headers = _error_as_message(data, resp_headers)
             return status, resp_headers, data
 
 
@@ -259,13 +306,26 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0, min(8.0, 0.25 * 2**attempt))
 
 
-def _retry_delay(status: int, headers: Mapping[str, str], attempt: int) -> float:
-    if status == 429:
-        try:
-            return min(60.0, max(0.0, float(headers.get("retry-after", ""))))
-        except ValueError:
-            pass
-    return _backoff(attempt)
+def _retry_after(status: int, headers: Mapping[str, str]) -> float | None:
+    """Seconds GitLab asked us to wait (`Retry-After` on a 429 or 503), capped at a minute."""
+    if status not in (429, 503):
+        return None
+    try:
+        return min(60.0, max(0.0, float(headers.get("retry-after", ""))))
+    except ValueError:
+        return None
+
+
+def _error_as_message(data: bytes, headers: Mapping[str, str]) -> tuple[bytes, Mapping[str, str]]:
+    if "json" not in (headers.get("content-type") or ""):
+        return data, headers
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return data, headers
+    if isinstance(body, dict) and "message" not in body and isinstance(body.get("error"), str):
+        return json.dumps({**body, "message": body["error"]}).encode(), headers
+    return data, headers
 
 
 def _path_of(url: str) -> str:
@@ -291,6 +351,7 @@ class GitLab:
         concurrency: int = 16,
         max_attempts: int = 4,
         on_response: Callable[[str, str, int | None, Mapping[str, str]], None] | None = None,
+        rate_limit: float = 0.0,
     ) -> None:
         self.api = _HardenedAPI(
             session,
@@ -300,10 +361,20 @@ class GitLab:
             concurrency=concurrency,
             max_attempts=max_attempts,
             on_response=on_response,
+            budget=RequestBudget(rate_limit) if rate_limit > 0 else None,
         )
         self.detected_version: Version | None = None
+        # Whether GitLab can show a failed check (15.0+), as evaluations found out while the
+        # version was unknown (see learn_reports_failures); the detected version wins.
+        self.learned_reports_failures: bool | None = None
+        self.learned_from = ""
         self.reachable: bool | None = None
         self.last_contact: float = 0.0
+        self._version_failures = 0
+        self._version_next_try = 0.0
+        self._version_lock = asyncio.Lock()
+        self._probe_next_try = 0.0
+        self._probe_lock = asyncio.Lock()
 
     @classmethod
     def from_settings(
@@ -316,8 +387,14 @@ class GitLab:
             "token": settings.gitlab_token,
             "timeout": settings.gitlab_timeout,
             "concurrency": settings.gitlab_concurrency,
+            "rate_limit": settings.gitlab_rate_limit,
         }
         return cls(session, **{**options, **overrides})
+
+    @property
+    def rate_limit(self) -> float:
+        """Requests per second all calls may make together (GITLAB_RATE_LIMIT); 0: no limit."""
+        return self.api.budget.rate if self.api.budget is not None else 0.0
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -383,19 +460,95 @@ class GitLab:
     # -- version ----------------------------------------------------------------------------
 
     async def detect_version(self) -> Version | None:
-        """Ask GitLab its version; on failure keep assuming a current GitLab and say so."""
+        """Ask GitLab its version; on failure keep assuming a current GitLab, say so, and set
+        when to ask again: soon (1 s, doubling up to a minute), never before GitLab's
+        `Retry-After`."""
         try:
             answer = await self.get("/version")
         except GitLabError as exc:
-            log.warning("gitlab_version_unknown", error=exc.advice(), assumed=str(ASSUMED_VERSION))
-            return None
-        version = Version.parse(str((answer or {}).get("version", "")))
+            version = None
+            problem = {"error": exc.advice()}
+        else:
+            version = Version.parse(str((answer or {}).get("version", "")))
+            problem = {"answer": str(answer)[:200]}
         if version is None:
-            log.warning("gitlab_version_unparsable", answer=str(answer)[:200])
+            self._version_failures += 1
+            delay = min(VERSION_RETRY_MAX, 2.0 ** (self._version_failures - 1))
+            now = time.monotonic()
+            self._version_next_try = max(now + delay, self.api.retry_not_before)
+            log.warning(
+                "gitlab_version_unknown",
+                **problem,
+                assumed=str(ASSUMED_VERSION),
+                retry_in=round(self._version_next_try - now, 1),
+            )
             return None
         self.detected_version = version
+        self._version_failures = 0
         log.info("gitlab_version", version=str(version))
         return version
+
+    def version_retry_in(self) -> float:
+        """Seconds until the unknown version may be asked again (0: now); inf once known."""
+        if self.detected_version is not None:
+            return float("inf")
+        return max(0.0, self._version_next_try - time.monotonic())
+
+    async def refresh_version(self) -> None:
+        """Ask the unknown version again if it is time; never two asks at once, and a caller
+        never waits for another's ask."""
+        if self.version_retry_in() > 0 or self._version_lock.locked():
+            return
+        async with self._version_lock:
+            await self.detect_version()
+
+    def learn_reports_failures(self, value: bool, evidence: str) -> None:
+        """Record what an answer revealed about GitLab's version (the first finding stays)."""
+        if self.learned_reports_failures is not None:
+            return
+        self.learned_reports_failures = value
+        self.learned_from = evidence
+        if self.detected_version is None:
+            log.info("gitlab_reports_failures_inferred", reports_failures=value, evidence=evidence)
+
+    @property
+    def known_reports_failures(self) -> bool | None:
+        """Whether GitLab can show a failed check: from its version, else from what answers
+        revealed; None while neither tells (GitLab 14.x would read a failure as approval)."""
+        if self.detected_version is not None:
+            return self.detected_version >= Version(15, 0)
+        return self.learned_reports_failures
+
+    async def reports_failures_probe(self, project: int | str, iid: int, check_id: int) -> None:
+        """Find out, without /version and without storing anything, whether GitLab takes
+        `status`: POST a status response with no `status` for a SHA that is never the head.
+        15.0+ requires `status` (ee/lib/api/status_checks.rb: `requires :status`, checked by
+        Grape before the endpoint runs): 400 "status is missing". 14.x has no such parameter
+        and refuses the SHA (`check_sha_param!`): 409. Neither stores a row. At most one probe
+        at a time, and not again for a while when it told nothing."""
+        if (
+            self.known_reports_failures is not None
+            or self._probe_lock.locked()
+            or time.monotonic() < self._probe_next_try
+        ):
+            return
+        async with self._probe_lock:
+            data = {"external_status_check_id": check_id, "sha": PROBE_SHA}
+            try:
+                await self.post(f"{self._mr_path(project, iid)}/status_check_responses", data)
+            except GitLabError as exc:
+                if exc.status == 400 and "status" in exc.message.lower():
+                    self.learn_reports_failures(True, "status_check_responses requires `status`")
+                    return
+                if exc.head_moved:
+                    self.learn_reports_failures(False, "status_check_responses has no `status`")
+                    return
+                log.info("gitlab_version_probe_inconclusive", error=exc.advice())
+            else:  # cannot happen on any GitLab: a row for a SHA that is no head
+                log.warning("gitlab_version_probe_accepted", project=str(project), mr=iid)
+            self._probe_next_try = time.monotonic() + max(
+                VERSION_RETRY_MAX, self.api.retry_not_before - time.monotonic()
+            )
 
     @property
     def version(self) -> Version:
@@ -403,8 +556,11 @@ class GitLab:
 
     @property
     def reports_failures(self) -> bool:
-        """GitLab 15.0+ takes passed/failed; 14.x treats any response as approval."""
-        return self.version >= Version(15, 0)
+        """GitLab 15.0+ takes passed/failed; 14.x treats any response as approval. While
+        neither the version nor an answer tells, a current GitLab is assumed (what `status` is
+        posted with; decide.py defers failures meanwhile)."""
+        known = self.known_reports_failures
+        return True if known is None else known
 
     # -- merge requests ---------------------------------------------------------------------
 

@@ -291,8 +291,11 @@ def _is_recheck(note: str | None) -> bool:
 
 
 @note_router.register("Note Hook")
+@note_router.register("Confidential Note Hook")
 async def note_hook(event: sansio.Event, delivery: Delivery) -> None:
-    """`/recheck` re-evaluates, e.g. to re-run a passed check (Retry only re-runs failed ones)."""
+    """`/recheck` re-evaluates, e.g. to re-run a passed check (Retry only re-runs failed ones).
+    An internal note arrives as `Confidential Note Hook` (GitLab's confidential_note_hooks
+    scope), with the same payload: it is handled the same way."""
     data = event.data
     attributes = _mapping(data.get("object_attributes"), "object_attributes")
     noteable_type = _optional_str(attributes, "noteable_type", "object_attributes.noteable_type")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -22,7 +24,12 @@ Handler = Callable[[K, Any], Awaitable[float | None]]
 
 
 class CoalescingQueue(Generic[K]):
-    """A FIFO of distinct keys with the newest hint per key, drained by `workers` tasks."""
+    """A FIFO of distinct keys with the newest hint per key, drained by `workers` tasks.
+
+    A key's turn is fixed by the first delivery that asks for it since it last started: further
+    deliveries only replace its hint, so a busy MR is never pushed behind MRs that arrived after
+    it. A key waiting out `min_interval` (cooling) or running keeps the turn of that first
+    delivery too, and is taken in that turn once it may run."""
 
     def __init__(self, handler: Handler[K], *, workers: int = 8, min_interval: float = 0.0) -> None:
         self._handler = handler
@@ -33,7 +40,13 @@ class CoalescingQueue(Generic[K]):
         self._min_interval = min_interval
         self._last_start: dict[K, float] = {}
         self._cooling: dict[K, Any] = {}  # waiting out min_interval; newest hint
-        self._pending: dict[K, Any] = {}  # queued, not yet started; insertion order = FIFO
+        self._pending: dict[K, Any] = {}  # queued, not yet started; newest hint
+        # A key's turn: a number drawn when its first delivery since it last started arrives
+        # (while queued, cooling or running). `_ready` orders the pending keys by it (a heap;
+        # entries of keys taken since are skipped).
+        self._turns: dict[K, int] = {}
+        self._ready: list[tuple[int, K]] = []
+        self._counter = itertools.count()
         # The reconciliation sweep's lane: drained only when no delivery is waiting, so a sweep
         # of thousands of MRs never delays a webhook.
         self._background: dict[K, Any] = {}
@@ -56,20 +69,21 @@ class CoalescingQueue(Generic[K]):
             return False
         if key in self._running:
             self._rerun[key] = hint
+            self._turn(key)
         elif key in self._cooling:
-            self._cooling[key] = hint
+            self._cooling[key] = hint  # keeps its turn
+        elif key in self._pending:
+            self._pending[key] = hint  # keeps its place: only the hint is newer
         elif (wait := self._cooldown(key)) > 0:
             self._background.pop(key, None)
-            self._pending.pop(key, None)
             self._cooling[key] = hint
+            self._turn(key)
             self._idle.clear()
             asyncio.get_running_loop().call_later(wait, self._cooled, key)
         else:
+            # New, or promoted from the background lane: its turn starts with this delivery.
             self._background.pop(key, None)
-            self._pending.pop(key, None)  # re-insert: keep the newest hint
-            self._pending[key] = hint
-            self._idle.clear()
-            self._wakeup.set()
+            self._enqueue(key, hint)
         return True
 
     def _cooldown(self, key: K) -> float:
@@ -78,10 +92,22 @@ class CoalescingQueue(Generic[K]):
             return 0.0
         return started + self._min_interval - asyncio.get_running_loop().time()
 
+    def _turn(self, key: K) -> int:
+        """The key's turn, drawn now unless a delivery since its last start already drew it."""
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = next(self._counter)
+        return turn
+
+    def _enqueue(self, key: K, hint: Any) -> None:
+        self._pending[key] = hint
+        heapq.heappush(self._ready, (self._turn(key), key))
+        self._idle.clear()
+        self._wakeup.set()
+
     def _cooled(self, key: K) -> None:
         if key in self._cooling and self._accepting:
-            self._pending[key] = self._cooling.pop(key)
-            self._wakeup.set()
+            self._enqueue(key, self._cooling.pop(key))
 
     def submit_background(self, key: K, hint: Any = None) -> bool:
         """Evaluate `key` when no delivery is waiting; a no-op if it is already queued or running
@@ -178,6 +204,8 @@ class CoalescingQueue(Generic[K]):
             len(self._pending) + len(self._rerun) + len(self._background) + len(self._cooling)
         )
         self._pending.clear()
+        self._ready.clear()
+        self._turns.clear()
         self._rerun.clear()
         self._background.clear()
         self._cooling.clear()
@@ -196,11 +224,16 @@ class CoalescingQueue(Generic[K]):
         return abandoned
 
     def _take(self) -> tuple[K, Any] | None:
-        for lane in (self._pending, self._background):
-            if lane:
-                key = next(iter(lane))
+        while self._ready:
+            turn, key = heapq.heappop(self._ready)
+            if key in self._pending and self._turns.get(key) == turn:
+                del self._turns[key]
                 self._progress.set()
-                return key, lane.pop(key)
+                return key, self._pending.pop(key)
+        if self._background:
+            key = next(iter(self._background))
+            self._progress.set()
+            return key, self._background.pop(key)
         return None
 
     def _note_start(self, key: K) -> None:

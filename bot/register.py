@@ -1,9 +1,10 @@
 """`python -m bot register PROJECT_OR_GROUP --url URL`: wire projects to the bot, idempotently.
 
 Per project it makes GitLab match what the policies say: one external status check per policy
-(named as the policy's `check`), one webhook carrying merge request, pipeline and comment events,
-and optionally "Status checks must succeed". It reads first, plans, and writes only what differs,
-so a second run writes nothing; `--dry-run` prints the plan and writes nothing at all.
+(named as the policy's `check`), one webhook carrying merge request, pipeline and comment events
+(internal comments included), and optionally "Status checks must succeed". It reads first, plans,
+and writes only what differs, so a second run writes nothing; `--dry-run` prints the plan and
+writes nothing at all.
 
 Two GitLab facts shape the plan (read in GitLab's source, like those of DESIGN 5):
 - `external_url` is unique per project, so each check gets the bot's URL plus `?check=<name>`
@@ -40,6 +41,9 @@ HOOK_EVENTS = {
     "merge_requests_events": True,
     "pipeline_events": True,
     "note_events": True,
+    # Internal notes fire "Confidential Note Hook", only to hooks with this flag: without it a
+    # /recheck in an internal note never reaches the bot.
+    "confidential_note_events": True,
     "push_events": False,
 }
 PROJECTS_AT_ONCE = 4
@@ -250,9 +254,12 @@ def plan_checks(
                 )
             )
         else:
+            # GitLab times out (16.6+) only the pending rows it stores at MR creation, on Retry
+            # or when posted; after a push nothing stores one, so the check stays pending.
             notes.append(
                 f"status check {name} points at the bot but no policy decides it: it stays "
-                "pending (failed on 16.6+) on every MR; --prune deletes it"
+                "pending on every MR (after a push for good), which blocks merging where "
+                f"{REQUIRE_LABEL} is on; --prune deletes it"
             )
     return items, notes
 
@@ -289,7 +296,7 @@ def plan_hook(
         data = {"url": url, **desired}
         if token is not None:
             data["token"] = token
-        events = "merge request, pipeline and comment events"
+        events = "merge request, pipeline and comment events (internal comments included)"
         detail = f"{events}; secret token {'set' if token is not None else 'NOT set'}"
         return Item(what, "create", detail, "POST", path, data), notes
     changes = {k: v for k, v in desired.items() if current.get(k) != v}

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from bot.gitlab import GitLab, GitLabError
+from bot.gitlab import GitLab, GitLabError, RequestBudget
 from bot.keys import Hint, MRKey
 from bot.logs import get_logger
 from bot.queue import CoalescingQueue
@@ -57,7 +57,11 @@ class Sweeper:
         self.remembered = remembered
         # Projects found under a configured path (so the path and its id are swept once).
         self.seen: dict[int, str] = {}
-        self.budget = budget
+        # The sweep's share of GitLab: never more than the budget of every call together
+        # (GITLAB_RATE_LIMIT), which also paces each request the sweep's evaluations make.
+        overall = gitlab.rate_limit
+        self.budget = min(budget, overall) if overall > 0 else budget
+        self._pace = RequestBudget(self.budget)
         self.requests_per_evaluation = requests_per_evaluation
         self.max_backlog = max_backlog
         self.on_finished = on_finished
@@ -65,7 +69,6 @@ class Sweeper:
         self.current: SweepReport | None = None
         self.sweeps = 0
         self.swept = asyncio.Event()  # set once the first sweep (the start-up one) is done
-        self._next_slot = 0.0
         self._submitted: set[MRKey] = set()
 
     async def projects(self) -> list[int | str]:
@@ -105,7 +108,7 @@ class Sweeper:
         report = SweepReport()
         self.current = report
         started = time.monotonic()
-        self._next_slot = started
+        self._pace.restart()
         for project in await self.projects():
             await self._sweep_project(project, report)
         await self._drain()
@@ -172,10 +175,7 @@ class Sweeper:
 
     async def _spend(self, requests: int) -> None:
         """Token-bucket pacing: `requests` more may start no sooner than the budget allows."""
-        now = time.monotonic()
-        if self._next_slot > now:
-            await asyncio.sleep(self._next_slot - now)
-        self._next_slot = max(now, self._next_slot) + requests / self.budget
+        await self._pace.spend(requests)
 
     async def _drain(self) -> None:
         """Wait until the sweep's evaluations are done so the report covers the whole sweep."""

@@ -309,7 +309,7 @@ class MergeRequest:
     pipelines: list[JSON] = field(default_factory=list)  # newest first
     head_pipeline_id: int | None = None  # the stored column; see _update_head_pipeline
     responses: list[StatusResponse] = field(default_factory=list)  # oldest first
-    head_since: float = 0.0  # when the current head SHA arrived (16.6+ pending timeout)
+    head_since: float = 0.0  # when the current head SHA arrived (FakeGitLab.now())
     fixed_merge_status: str | None = None  # a detailed_merge_status the test pinned
     # Approval rows' created_at (wall clock, see FakeGitLab.wall), by user id.
     approved_at: dict[int, float] = field(default_factory=dict)
@@ -448,8 +448,12 @@ class FakeGitLab:
         self.rate_limit_remaining: int | None = None
         self.rate_limit_limit = 2000
         self.rate_limit_reset_after = 60  # seconds, for RateLimit-Reset and Retry-After
+        # RateLimit-* on every answer, as GitLab.com does (lib/gitlab/middleware/
+        # rack_attack_headers.rb, behind the `rate_limiting_headers_for_unthrottled_requests`
+        # feature flag). Off: only the 429 carries them, as on self-managed GitLab.
+        self.rate_limit_headers_always = False
         # Status check behaviour
-        self.pending_timeout: float | None = 120.0  # 16.6+: pending turns failed after this
+        self.pending_timeout: float | None = 120.0  # 16.6+: a stored pending row fails after it
         self.legacy_status_checks: bool | None = None  # None: decided by version (< 15.0)
         # Seconds after a push when GitLab deletes approvals (a test may shorten it, with the
         # bot's APPROVAL_SETTLE_SECONDS shortened to match).
@@ -721,6 +725,7 @@ class FakeGitLab:
         data.update(fields)
         project.mrs[iid] = mr
         self._add_version(mr)
+        self._create_pending_rows(project, mr)
         if diffs is not None:
             self.set_diffs(project_id, iid, diffs)
         self.set_commits(
@@ -737,6 +742,25 @@ class FakeGitLab:
             self.set_pipeline(project_id, iid, pipeline_status)
         self._refresh(project, mr)
         return data
+
+    def _create_pending_rows(self, project: Project, mr: MergeRequest) -> None:
+        """A new MR gets a stored `pending` row for each of the project's checks, for its head
+        at creation: ee/app/models/ee/merge_request.rb (after_create_commit
+        :create_pending_status_check_responses, where status checks are licensed) runs
+        ee/app/workers/compliance_management/pending_status_check_worker.rb, which creates one
+        per check of the project (every check, whatever its branches). Nothing else creates one
+        but Retry and a posted `pending`: a push does not. Such rows can only exist where
+        `pending` is a status at all (16.5+, ee/app/models/merge_requests/status_check_response.rb
+        `enum status: %w[passed failed pending]`)."""
+        if self.legacy_status or not self.at_least(16, 5) or not self._has_ultimate(project):
+            return
+        sha = mr.data.get("sha")
+        if not sha:  # `return unless diff_head_sha.present?`
+            return
+        for check_id in sorted(project.checks):
+            mr.responses.append(
+                StatusResponse(self._next_id(), check_id, sha, "pending", self.now())
+            )
 
     def mr(self, project_id: int, iid: int) -> JSON:
         """The stored API shape of an MR (mutable)."""
@@ -798,7 +822,8 @@ class FakeGitLab:
         RefreshService → reload_diff → a new merge_request_diff, the MR's `sha`):
 
         - a new diff version (GET .../versions); with `diffs`, the change it shows;
-        - status checks show `pending` for the new SHA (no response row for it yet);
+        - status checks show `pending` for the new SHA: no response row is stored for it, so a
+          check nobody answers stays pending for good (see `_status_of`);
         - `head_pipeline` keeps pointing at the old head's pipeline until one exists for the new
           head (app/models/merge_request.rb: `update_head_pipeline` only ever sets it to a
           pipeline matching `diff_head_sha`; the push never clears it). `pipeline` creates one
@@ -1039,11 +1064,81 @@ class FakeGitLab:
         *,
         author: Mapping[str, Any] | None = None,
         system: bool = False,
+        internal: bool = False,
     ) -> JSON:
-        """A plain comment (an individual, non-resolvable note), by `author` or the token's user."""
-        return self.add_discussion(
+        """A plain comment (an individual, non-resolvable note), by `author` or the token's user.
+        `internal`: an internal note (GitLab's `confidential` column, shown as `internal` from
+        15.0 and as `confidential` before)."""
+        note = self.add_discussion(
             project_id, iid, body, resolvable=False, author=author or self.user, system=system
         )["notes"][0]
+        note["internal"] = note["confidential"] = internal
+        return note
+
+    def note_deliveries(self, project_id: int, iid: int, note: Mapping[str, Any]) -> list[JSON]:
+        """The webhook deliveries GitLab makes for `note` on MR !iid: one per project hook that
+        subscribed to it, as {"url", "headers", "payload"} (post them to the bot as they are).
+
+        Follows app/services/notes/post_process_service.rb (`execute_note_hooks`: hooks_scope =
+        confidential ? :confidential_note_hooks : :note_hooks), app/services/web_hook_service.rb
+        (`hook_to_event`: X-Gitlab-Event "Confidential Note Hook" for :confidential_note_hooks,
+        else "Note Hook"; X-Gitlab-Token is the hook's token) and lib/gitlab/data_builder/note.rb
+        (object_kind "note", event_type "confidential_note" or "note"). An internal note reaches
+        only hooks with `confidential_note_events` (lib/api/project_hooks.rb), a public one only
+        hooks with `note_events`."""
+        project = self.projects[project_id]
+        mr = project.mrs[iid]
+        confidential = bool(note.get("internal") or note.get("confidential"))
+        flag = "confidential_note_events" if confidential else "note_events"
+        event = "Confidential Note Hook" if confidential else "Note Hook"
+        path = project.data["path_with_namespace"]
+        payload = {
+            "object_kind": "note",
+            "event_type": "confidential_note" if confidential else "note",
+            "user": _user(note.get("author") or self.user, self.url),
+            "project_id": project_id,
+            "project": {
+                "id": project_id,
+                "name": project.data["name"],
+                "path_with_namespace": path,
+                "web_url": f"{self.url}/{path}",
+            },
+            "object_attributes": {
+                "id": note["id"],
+                "note": note["body"],
+                "noteable_type": "MergeRequest",
+                "author_id": (note.get("author") or {}).get("id"),
+                "project_id": project_id,
+                "noteable_id": mr.data["id"],
+                "system": bool(note.get("system")),
+                "confidential": confidential,
+                "internal": confidential,
+                "action": "create",
+                "url": f"{mr.data['web_url']}#note_{note['id']}",
+            },
+            "merge_request": {
+                key: mr.data[key]
+                for key in (
+                    "id",
+                    "iid",
+                    "title",
+                    "state",
+                    "source_branch",
+                    "target_branch",
+                    "source_project_id",
+                    "target_project_id",
+                )
+            },
+        }
+        deliveries = []
+        for hook in sorted(project.hooks.values(), key=lambda h: h["id"]):
+            if not hook.get(flag):
+                continue
+            headers = {"Content-Type": "application/json", "X-Gitlab-Event": event}
+            if hook.get("token"):
+                headers["X-Gitlab-Token"] = hook["token"]
+            deliveries.append({"url": hook["url"], "headers": headers, "payload": payload})
+        return deliveries
 
     def add_group(
         self,
@@ -1285,7 +1380,8 @@ class FakeGitLab:
             if self.rate_limit_remaining <= 0:
                 return self._throttled()
             self.rate_limit_remaining -= 1
-            rate_headers = self._rate_limit_headers()
+            if self.rate_limit_headers_always:
+                rate_headers = self._rate_limit_headers()
         try:
             if not self._authenticated(request):
                 raise ApiError(401, {"message": "401 Unauthorized"})
@@ -1344,7 +1440,11 @@ class FakeGitLab:
         }
 
     def _throttled(self) -> web.Response:
-        """Rack::Attack's throttle answer: 429, text "Retry later", Retry-After, RateLimit-*."""
+        """Rack::Attack's throttle answer: 429, text "Retry later", Retry-After, RateLimit-*.
+
+        lib/gitlab/rack_attack.rb: the `throttled_responder` adds `throttled_response_headers`
+        (RateLimit-Name/-Limit/-Observed/-Remaining/-Reset/-ResetTime and Retry-After) to the 429
+        only; an answer that is not throttled carries none unless `rate_limit_headers_always`."""
         response = web.Response(status=429, text="Retry later\n", content_type="text/plain")
         response.headers["Retry-After"] = str(self.rate_limit_reset_after)
         response.headers.update(self._rate_limit_headers())
@@ -1629,28 +1729,32 @@ class FakeGitLab:
         ]
 
     def _status_of(self, mr: MergeRequest, check: JSON) -> str:
-        """ExternalStatusCheck#status: the newest response for the MR's head SHA, else pending.
+        """ExternalStatusCheck#status (ee/app/models/merge_requests/external_status_check.rb):
+        the newest stored row for the MR's head SHA, else 'pending' (no row: nothing times out).
 
-        14.0-14.8: any response means "approved". 16.6+: a pending response (or none) older than
-        `pending_timeout` reads as failed, as GitLab's timeout worker flips it (it creates the
-        pending rows when the head changes, hence `head_since`)."""
+        14.0-14.8: any response means "approved". 16.6+: a stored `pending` row reads as failed
+        once it is older than `pending_timeout`, as
+        ee/app/workers/compliance_management/timeout_pending_status_check_responses_worker.rb
+        (cron, every minute) flips `StatusCheckResponse.pending.timeout_eligible` rows:
+        retried_at IS NULL AND created_at < 2 minutes ago, OR retried_at < 2 minutes ago
+        (ee/app/models/merge_requests/status_check_response.rb). Only stored rows: the pending
+        shown for a head nobody answered (e.g. after a push) stays pending for good."""
         sha = mr.data["sha"]
         rows = [r for r in mr.responses if r.check_id == check["id"] and r.sha == sha]
         if self.legacy_status:
             return "approved" if rows else "pending"
-        if rows:
-            status = rows[-1].status
-            since = rows[-1].retried_at or rows[-1].created_at
-        else:
-            status, since = "pending", mr.head_since
+        if not rows:
+            return "pending"
+        row = rows[-1]
         if (
-            status == "pending"
+            row.status == "pending"
             and self.at_least(16, 6)
             and self.pending_timeout is not None
-            and self.now() - since >= self.pending_timeout
+            and self.now() - (row.retried_at if row.retried_at is not None else row.created_at)
+            >= self.pending_timeout
         ):
             return "failed"
-        return status
+        return row.status
 
     def _render_check(self, project: Project, check: JSON) -> JSON:
         """The ExternalStatusCheck entity; `hmac` (whether a secret is set) from 17.3; the secret
@@ -2222,9 +2326,11 @@ class FakeGitLab:
         return web.json_response(body, status=201)
 
     def _retry_status_check(self, ctx: Ctx) -> web.Response:
-        """POST .../status_checks/:check_id/retry (15.7+): only a check that is failed for the
-        head SHA (else 422 "External status check must be failed"); its newest response goes
-        back to pending (GitLab re-sends the check request) and the answer is 202."""
+        """POST .../status_checks/:check_id/retry (15.7+): only a check whose newest stored row
+        for the head SHA is failed (else 422 "External status check must be failed", also for a
+        pending nobody stored, e.g. after a push); that row goes back to pending with
+        retried_at set (GitLab re-sends the check request) and the answer is 202, as
+        ee/app/services/external_status_checks/retry_service.rb does."""
         self._licensed_project(ctx)
         project, mr = self._mr(ctx)
         check_id = ctx.args["external_status_check_id"]
@@ -2234,13 +2340,9 @@ class FakeGitLab:
         if self._status_of(mr, check) != "failed":
             raise ApiError(422, {"message": "External status check must be failed"})
         sha = mr.data["sha"]
-        rows = [r for r in mr.responses if r.check_id == check["id"] and r.sha == sha]
-        if rows:
-            rows[-1].status = "pending"
-            rows[-1].retried_at = self.now()
-        else:  # failed by the 16.6+ timeout of an implicit pending
-            row = self.set_status(project.data["id"], mr.data["iid"], check["id"], sha, "pending")
-            row.retried_at = row.created_at
+        last = [r for r in mr.responses if r.check_id == check["id"] and r.sha == sha][-1]
+        last.status = "pending"
+        last.retried_at = self.now()
         self._touch(project, mr)
         return web.json_response({"message": "202 Accepted"}, status=202)
 

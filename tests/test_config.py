@@ -57,3 +57,12 @@ def test_projects_list_and_repr_hides_the_token() -> None:
     assert settings.projects == ("acme/app", "17")
     assert "glpat-secret-value" not in repr(settings)
     assert "s3cret" not in repr(settings)
+
+
+def test_gitlab_rate_limit_is_off_by_default_and_a_number_of_requests_per_second() -> None:
+    assert load_settings(BASE).gitlab_rate_limit == 0  # 0: no budget of our own
+    assert load_settings({**BASE, "GITLAB_RATE_LIMIT": "12.5"}).gitlab_rate_limit == 12.5
+    with pytest.raises(ConfigError, match="GITLAB_RATE_LIMIT must be at least 0"):
+        load_settings({**BASE, "GITLAB_RATE_LIMIT": "-1"})
+    with pytest.raises(ConfigError, match="GITLAB_RATE_LIMIT must be a number"):
+        load_settings({**BASE, "GITLAB_RATE_LIMIT": "fast"})

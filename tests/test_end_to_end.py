@@ -225,6 +225,31 @@ async def test_recheck_note_re_evaluates(gitlab: FakeGitLab, bot: Bot) -> None:
     assert gitlab.check_status(1, 1, "conventional-title") == "passed"
 
 
+async def test_recheck_in_an_internal_note_re_evaluates(gitlab: FakeGitLab, bot: Bot) -> None:
+    """An internal note fires `Confidential Note Hook` (to hooks with confidential_note_events,
+    as `register` sets them up); its /recheck re-evaluates like a public one."""
+    seed(gitlab)
+    gitlab.add_hook(
+        1,
+        f"{bot.url}/webhook",
+        merge_requests_events=True,
+        note_events=True,
+        confidential_note_events=True,
+        token=WEBHOOK_SECRET,
+    )
+    gitlab.reset_calls()
+    note = gitlab.add_note(1, 1, "/recheck", author={"id": 7, "username": "sam"}, internal=True)
+    [delivery] = gitlab.note_deliveries(1, 1, note)
+    assert delivery["headers"]["X-Gitlab-Event"] == "Confidential Note Hook"
+    status, body = await bot.deliver(
+        delivery["payload"], event=None, token=None, headers=delivery["headers"]
+    )
+    assert status == 202, body
+    await bot.settle()
+    assert reads_of_mr(gitlab) == 1
+    assert gitlab.check_status(1, 1, "conventional-title") == "passed"
+
+
 async def test_pipeline_success_flips_the_pipeline_rule(gitlab: FakeGitLab, bot: Bot) -> None:
     seed(gitlab)
     await bot.deliver(payloads.merge_request_hook(sha=SHA))
@@ -379,19 +404,72 @@ async def test_decisions_are_logged_with_their_context_and_no_secret(
 async def test_version_endpoint_failing_is_tolerated(
     gitlab: FakeGitLab, start_bot: Callable[..., Any]
 ) -> None:
+    """/version keeps failing, but the MR read shows `detailed_merge_status` (GitLab 15.6+): the
+    failure is posted at once instead of waiting for the version, and /version is asked again
+    with a growing pause (1 s, 2 s, ...), not in a tight loop."""
     seed(gitlab)
-    # Unknown at start and at the first evaluation: GitLab could be 14.x, where any POST means
-    # "approved", so the failure waits; the passing verdict can be posted either way.
-    gitlab.fail(500, times=2, path_contains="/version")
+    gitlab.fail(500, times=10_000, path_contains="/version")
     bot = await start_bot()
-    bot.app[EVALUATOR].deferred_retry = 0.3
-    bot.app[EVALUATOR].version_retry = 0.0
     await bot.deliver(payloads.merge_request_hook(sha=SHA))
     await bot.settle()
     assert gitlab.check_status(1, 1, "conventional-title") == "passed"
-    assert gitlab.check_status(1, 1, "pipeline-green") == "pending"
-    await eventually(lambda: gitlab.check_status(1, 1, "pipeline-green") == "failed", 5)
-    assert len(gitlab.calls_to("GET", "/version")) == 3
+    assert gitlab.check_status(1, 1, "pipeline-green") == "failed"
+    assert [c.json.get("status") for c in gitlab.status_posts()] == ["passed", "failed"]
+    asked = len(gitlab.calls_to("GET", "/version"))
+    await asyncio.sleep(3.0)
+    # Asked again (each ask is up to 4 attempts: 500 is retried with jittered backoff), with
+    # pauses of 1 s, 2 s, 4 s... in between: a few attempts, not hundreds.
+    assert asked < len(gitlab.calls_to("GET", "/version")) <= asked + 12
+
+
+async def test_an_unreadable_version_is_asked_again_after_gitlabs_retry_after(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any]
+) -> None:
+    """/version answers 503 with Retry-After: 1 through the start-up attempts: it is asked
+    again a second later (not a minute later), and then known."""
+    seed(gitlab)
+    gitlab.fail(503, times=4, retry_after=1, path_contains="/version")
+    bot = await start_bot()
+    evaluator = bot.app[EVALUATOR]
+    await eventually(lambda: evaluator.gitlab.detected_version is not None, 8)
+    asks = gitlab.calls_to("GET", "/version")
+    assert [c.status for c in asks] == [503, 503, 503, 503, 200]
+    assert 0.9 <= asks[-1].started - asks[-2].finished < 3.0
+
+
+async def test_an_unknown_version_before_15_6_is_found_by_a_probe_that_stores_nothing(
+    policy_dir: Path, start_bot: Callable[..., Any]
+) -> None:
+    """GitLab 15.2 shows no `detailed_merge_status` and /version stays unreadable; no check has
+    passed yet. A status POST without `status`, for a SHA that is never the head, stores
+    nothing and tells: 15.0+ requires `status` (400). The failures are posted at once."""
+    async with FakeGitLab(version="15.2.0", token=TOKEN) as fake:
+        seed(fake, title="added login")  # both checks fail
+        fake.fail(500, times=10_000, path_contains="/version")
+        bot = await start_bot(gitlab_url=fake.url)
+        await bot.deliver(payloads.merge_request_hook(sha=SHA))
+        await bot.settle()
+        assert fake.check_status(1, 1, "conventional-title") == "failed"
+        assert fake.check_status(1, 1, "pipeline-green") == "failed"
+        [probe] = [c for c in fake.calls_to("POST", "status_check_responses") if c.status == 400]
+        assert "status" not in probe.json and probe.json["sha"] != SHA
+        assert [r.status for r in fake.status_responses(1, 1)] == ["failed", "failed"]
+
+
+async def test_a_probe_on_gitlab_14_reports_no_failure_and_stores_nothing(
+    policy_dir: Path, start_bot: Callable[..., Any]
+) -> None:
+    """On 14.x the same probe is refused for its SHA (409) and stores nothing: failures are
+    then known to be unreportable (a POST would read as approval) and nothing is posted."""
+    async with FakeGitLab(version="14.5.0", token=TOKEN) as fake:
+        seed(fake, title="added login")
+        fake.fail(500, times=10_000, path_contains="/version")
+        bot = await start_bot(gitlab_url=fake.url)
+        await bot.deliver(payloads.merge_request_hook(sha=SHA))
+        await bot.settle()
+        assert fake.status_responses(1, 1) == []
+        assert fake.check_status(1, 1, "conventional-title") == "pending"
+        assert [c.status for c in fake.calls_to("POST", "status_check_responses")] == [409]
 
 
 async def test_an_approved_status_reveals_gitlab_14_when_the_version_is_unknown(
@@ -401,14 +479,16 @@ async def test_an_approved_status_reveals_gitlab_14_when_the_version_is_unknown(
         seed(fake)
         fake.fail(500, times=100, path_contains="/version")
         bot = await start_bot(gitlab_url=fake.url)
+        other = {c["name"]: c["id"] for c in fake.projects[1].checks.values()}
+        fake.set_status(1, 1, other["someone-elses-check"], SHA, "approved")  # its service said so
         await bot.deliver(payloads.merge_request_hook(sha=SHA))
         await bot.settle()
         assert fake.check_status(1, 1, "conventional-title") == "approved"
         assert fake.check_status(1, 1, "pipeline-green") == "pending"
-        await bot.deliver(payloads.merge_request_hook(sha=SHA))
-        await bot.settle()
-        # The listed `approved` says 14.x: the failure is not reportable, never posted.
+        # The listed `approved` says 14.x: the failure is not reportable, never posted (and
+        # no probe is needed).
         assert len(fake.status_posts()) == 1
+        assert len(fake.calls_to("POST", "status_check_responses")) == 1
 
 
 async def test_health_and_readiness(gitlab: FakeGitLab, bot: Bot) -> None:

@@ -318,11 +318,55 @@ async def test_retry_only_for_a_failed_check(
 async def test_pending_turns_failed_after_two_minutes_from_16_6(
     session: aiohttp.ClientSession,
 ) -> None:
+    """The pending row stored when an MR is created times out on 16.6+. The MR !7 of make_fake
+    was created before the check existed: it has no row, and its pending never times out."""
     for version, expected in (("16.5.0", "pending"), ("16.6.0", "failed")):
         fake = await make_fake(version)
         fake.add_status_check(1, "lint")
+        fake.add_mr(1, 8)
         fake.advance(121)
-        assert fake.check_status(1, 7, "lint") == expected
+        assert fake.check_status(1, 8, "lint") == expected
+        assert fake.check_status(1, 7, "lint") == "pending"
+        await fake.close()
+
+
+async def test_pending_rows_come_only_from_creation_retry_or_a_posted_pending(
+    session: aiohttp.ClientSession,
+) -> None:
+    """GitLab stores a pending row per check when the MR is created (for that head), on Retry,
+    or when someone posts `pending`; 16.6+ times out only stored rows. A push stores nothing, so
+    a check nobody answers after a push stays pending for good, and Retry refuses it (422)."""
+    fake = FakeGitLab(version="16.6.0")
+    await fake.start()
+    try:
+        fake.add_project(1, "acme/app")
+        check = fake.add_status_check(1, "lint")
+        head_1, head_2 = sha_for("head-1"), sha_for("head-2")
+        fake.add_mr(1, 7, sha=head_1)
+        assert [(r.sha, r.status) for r in fake.status_responses(1, 7)] == [(head_1, "pending")]
+        assert fake.check_status(1, 7, "lint") == "pending"
+        fake.advance(121)
+        assert fake.check_status(1, 7, "lint") == "failed"  # the creation row timed out
+
+        fake.push(1, 7, head_2)
+        assert len(fake.status_responses(1, 7)) == 1  # a push stores no row
+        fake.advance(3600)
+        assert fake.check_status(1, 7, "lint") == "pending"  # ...so nothing times out
+        gl = api(session, fake)
+        retry = f"{MR}/status_checks/{check['id']}/retry"
+        with pytest.raises(gidgetlab.InvalidField) as error:
+            await gl.post(retry, data={})
+        assert error.value.status_code == 422
+
+        await post_status(gl, check["id"], head_2, "pending")
+        assert fake.check_status(1, 7, "lint") == "pending"
+        fake.advance(121)
+        assert fake.check_status(1, 7, "lint") == "failed"  # a posted pending is stored
+        assert await gl.post(retry, data={}) == {"message": "202 Accepted"}
+        assert fake.check_status(1, 7, "lint") == "pending"
+        fake.advance(121)
+        assert fake.check_status(1, 7, "lint") == "failed"  # timed out from retried_at
+    finally:
         await fake.close()
 
 
@@ -508,12 +552,17 @@ async def test_latency_random_failures_and_rate_limit_headers(
     assert time.monotonic() - started >= 0.05
     fake.latency = 0.0
 
-    fake.rate_limit_remaining = 1
+    fake.rate_limit_remaining = 2
+    fake.rate_limit_headers_always = True  # GitLab.com-like
     async with session.get(f"{fake.api_url}{MR}", headers=headers(fake)) as response:
-        assert response.headers["RateLimit-Remaining"] == "0"
+        assert response.headers["RateLimit-Remaining"] == "1"
         assert response.headers["RateLimit-Limit"] == "2000"
+    fake.rate_limit_headers_always = False  # self-managed: RateLimit-* only on the 429 itself
+    async with session.get(f"{fake.api_url}{MR}", headers=headers(fake)) as response:
+        assert response.status == 200 and "RateLimit-Remaining" not in response.headers
     async with session.get(f"{fake.api_url}{MR}", headers=headers(fake)) as response:
         assert response.status == 429 and response.headers["Retry-After"] == "60"
+        assert response.headers["RateLimit-Remaining"] == "0"
     fake.rate_limit_remaining = None
 
     fake.fail_randomly(0.5, statuses=(500, 503), seed=3)

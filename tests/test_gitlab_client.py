@@ -57,7 +57,7 @@ async def test_client_errors_are_never_retried(
     assert len(gitlab.calls_to("GET", MR)) == 1
 
 
-@pytest.mark.parametrize("status", [502, 503, 504])
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
 async def test_gateway_errors_are_retried_for_reads_and_the_status_post(
     gitlab: FakeGitLab, client: GitLab, status: int
 ) -> None:
@@ -84,6 +84,19 @@ async def test_429_honours_retry_after(gitlab: FakeGitLab, client: GitLab) -> No
     started = time.monotonic()
     assert (await client.merge_request(1, 1))["iid"] == 1
     assert time.monotonic() - started >= 1.0
+
+
+async def test_503_honours_retry_after_and_a_400_says_which_parameter(
+    gitlab: FakeGitLab, client: GitLab
+) -> None:
+    gitlab.fail(503, times=1, retry_after=1)
+    started = time.monotonic()
+    assert (await client.merge_request(1, 1))["iid"] == 1
+    assert time.monotonic() - started >= 1.0
+    with pytest.raises(GitLabError) as caught:  # Grape's {"error": "status is missing"}
+        await client.post(f"{MR}/status_check_responses", {"external_status_check_id": 7})
+    assert caught.value.status == 400
+    assert "status is missing" in caught.value.advice()
 
 
 async def test_a_timeout_becomes_a_transient_gitlab_error_after_bounded_retries(

@@ -116,6 +116,7 @@ async def test_gitlab_calls_are_counted_by_templated_endpoint_and_status(
 ) -> None:
     seed(gitlab)
     gitlab.rate_limit_remaining = 500
+    gitlab.rate_limit_headers_always = True  # GitLab.com-like: RateLimit-* on every answer
     gitlab.fail(502, path_contains="/status_checks", method="GET")  # retried
     await bot.deliver(payloads.merge_request_hook(sha=SHA))
     await bot.settle()

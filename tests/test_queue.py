@@ -173,3 +173,64 @@ async def test_a_stream_of_deliveries_is_evaluated_once_per_spacing() -> None:
     assert starts[0] - began < 0.01  # the first delivery is judged at once
     assert len(starts) <= 4  # 0, 0.3, 0.6 (+ the last hint), not 30
     assert all(b - a >= 0.29 for a, b in itertools.pairwise(starts))
+
+
+async def test_a_queued_key_that_gets_another_delivery_keeps_its_place() -> None:
+    """Under a backlog, a busy MR that keeps receiving deliveries is evaluated in its turn: a new
+    delivery updates its hint where it stands instead of sending it behind every newer MR."""
+    order: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+
+    async def handler(key: str, hint: int) -> None:
+        if key == "blocker":
+            await gate.wait()
+        order.append((key, hint))
+
+    queue: CoalescingQueue[str] = CoalescingQueue(handler, workers=1)
+    queue.start()
+    queue.submit("blocker", 0)
+    await asyncio.sleep(0)
+    queue.submit("busy", 1)
+    for n in range(20):
+        queue.submit(f"newer-{n}", 0)
+        queue.submit("busy", n + 2)  # the busy MR's deliveries keep coming
+    gate.set()
+    await queue.join()
+    await queue.stop()
+    keys = [key for key, _ in order]
+    assert keys[:3] == ["blocker", "busy", "newer-0"]
+    assert order[1] == ("busy", 21)  # its newest hint, in its first turn
+    assert keys.count("busy") == 1
+
+
+async def test_a_cooling_key_keeps_the_turn_of_its_first_delivery() -> None:
+    """An MR evaluated moments ago waits out the spacing, then runs before MRs that were queued
+    after its delivery arrived, not behind everything queued while it cooled."""
+    order: list[str] = []
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def handler(key: str, hint: None) -> None:
+        order.append(key)
+        if key == "blocker":
+            await gate.wait()
+
+    queue: CoalescingQueue[str] = CoalescingQueue(handler, workers=1, min_interval=0.2)
+    queue.start()
+    queue.submit("busy")
+    await asyncio.sleep(0.01)  # evaluated at once (nothing queued)
+    queue.submit("blocker")
+    await asyncio.sleep(0.01)  # the only worker is now held by the blocker: a backlog builds
+    queue.submit("older")
+    queue.submit("busy")  # too soon after its last start: it cools for 0.2 s
+    for n in range(5):
+        queue.submit(f"newer-{n}")
+    began = loop.time()
+    while loop.time() - began < 0.3:  # deliveries for the busy MR keep coming while it cools
+        queue.submit("busy")
+        await asyncio.sleep(0.02)
+    gate.set()
+    await queue.join()
+    await queue.stop()
+    assert order[:4] == ["busy", "blocker", "older", "busy"]
+    assert order.count("busy") == 2

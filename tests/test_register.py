@@ -78,6 +78,7 @@ async def test_first_run_creates_second_run_changes_nothing(
     [hook] = hooks_of(gitlab, 1)
     assert hook["url"] == URL
     assert hook["merge_requests_events"] and hook["pipeline_events"] and hook["note_events"]
+    assert hook["confidential_note_events"] is True  # a /recheck in an internal note
     assert hook["push_events"] is False
     assert hook["enable_ssl_verification"] is True
     assert hook["token"] == WEBHOOK_SECRET
@@ -128,6 +129,9 @@ async def test_changed_url_and_policies_update_in_place(
     ]
     # The orphan (pipeline-green, still at the old URL) is reported, not silently deleted...
     assert "status check pipeline-green points at the bot but no policy decides it" in text
+    # GitLab times out only the pending row it stores when an MR is created: after a push an
+    # unanswered check stays pending for good (it does not turn failed on 16.6+).
+    assert "stays pending" in text and "blocks merging" in text and "failed on 16.6" not in text
     assert "pipeline-green" in checks
 
     # ...until --prune; then everything is in place and a further run writes nothing.
@@ -203,6 +207,39 @@ async def test_dry_run_writes_nothing_and_prints_the_plan(
     assert code == 0 and len(writes(gitlab)) == 4, text
     gitlab.reset_calls()
     code, text = await run(make_settings(), dry_run=True, require=True)
+    assert writes(gitlab) == [] and "acme/app: up to date" in text, text
+
+
+async def test_a_hook_without_internal_notes_is_updated_and_then_delivers_them(
+    gitlab: FakeGitLab, make_settings: Callable[..., Settings]
+) -> None:
+    """A webhook set up before (merge request, pipeline and comment events, but not internal
+    comments) is a change: GitLab sends an internal note's /recheck only to hooks with
+    confidential_note_events."""
+    gitlab.add_project(1, "acme/app")
+    gitlab.add_mr(1, 1)
+    gitlab.add_hook(
+        1,
+        URL,
+        push_events=False,
+        merge_requests_events=True,
+        pipeline_events=True,
+        note_events=True,
+        token=WEBHOOK_SECRET,
+    )
+    note = gitlab.add_note(1, 1, "/recheck", internal=True)
+    assert gitlab.note_deliveries(1, 1, note) == []
+    code, text = await run(make_settings(), dry_run=True)
+    assert code == 0, text
+    assert "update    webhook" in text and "confidential_note_events → true" in text
+    code, text = await run(make_settings())
+    assert code == 0, text
+    [hook] = hooks_of(gitlab, 1)
+    assert hook["confidential_note_events"] is True
+    [delivery] = gitlab.note_deliveries(1, 1, note)
+    assert delivery["headers"]["X-Gitlab-Event"] == "Confidential Note Hook"
+    gitlab.reset_calls()
+    code, text = await run(make_settings())
     assert writes(gitlab) == [] and "acme/app: up to date" in text, text
 
 

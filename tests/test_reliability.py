@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime as dt
 import json
 import time
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from bot.app import EVALUATOR, QUEUE, RECORD, SWEEPER
+from bot.config import load_settings
 from bot.gitlab import RateLimitPacer
 from tests import payloads
 from tests.conftest import Bot, eventually, write_policies
@@ -110,6 +112,30 @@ async def test_random_faults_and_a_429_burst_still_end_correct_with_bounded_call
     assert len(gitlab.calls) < 10 * 3 * 4
 
 
+async def test_transient_errors_and_an_unreadable_version_end_correct_within_40_s(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any]
+) -> None:
+    """30 % of GitLab's answers are 500/502/503 and a burst of 429s (with Retry-After) hits the
+    start, /version included: reads are retried (500 too), the version is asked again as soon
+    as GitLab allows, and what evaluations see (`detailed_merge_status`, a listed `passed` or
+    `failed`) tells that GitLab reports failures, so no failing verdict waits for /version."""
+    expected = seed_project(gitlab, 20)
+    gitlab.fail(429, times=30, retry_after=1)
+    gitlab.fail_randomly(0.3, statuses=(500, 502, 503), seed=11)
+    started = time.monotonic()
+    bot: Bot = await start_bot()
+    for iid in expected:
+        status, _ = await bot.deliver(payloads.merge_request_hook(iid=iid, sha=sha_of(iid)))
+        assert status == 202
+    try:
+        await eventually(lambda: shown(gitlab, expected) == expected, limit=40)
+    finally:
+        elapsed = time.monotonic() - started
+        missing = {i: s for i, s in shown(gitlab, expected).items() if s != expected[i]}
+        print(f"all verdicts after {elapsed:.1f} s; still wrong: {missing}")
+    assert elapsed < 40
+
+
 async def test_gitlab_down_for_a_while_then_back_converges(gitlab: FakeGitLab, bot: Bot) -> None:
     expected = seed_project(gitlab, 4)
     bot.app[EVALUATOR].retry_base = 0.2
@@ -145,6 +171,7 @@ async def test_pacer_spreads_requests_when_the_rate_limit_runs_low() -> None:
 
 async def test_bot_slows_down_before_gitlab_answers_429(gitlab: FakeGitLab, bot: Bot) -> None:
     expected = seed_project(gitlab, 3)
+    gitlab.rate_limit_headers_always = True  # GitLab.com-like: RateLimit-* on every answer
     gitlab.rate_limit_limit = 100
     gitlab.rate_limit_remaining = 15  # under the reserve: spread what is left over the window
     gitlab.rate_limit_reset_after = 3
@@ -159,6 +186,37 @@ async def test_bot_slows_down_before_gitlab_answers_429(gitlab: FakeGitLab, bot:
     assert elapsed > 0.6
     remaining = bot.app[EVALUATOR].gitlab.api.pacer.remaining
     assert remaining is not None and remaining < 15
+
+
+def busiest_second(calls: list[Any]) -> int:
+    """The most calls that started within any one second."""
+    starts = sorted(c.started for c in calls)
+    return max((bisect.bisect_left(starts, t + 1.0) - i for i, t in enumerate(starts)), default=0)
+
+
+async def test_a_request_budget_paces_every_gitlab_call(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any]
+) -> None:
+    """Self-managed GitLab sends RateLimit-* only with the 429 itself, so nothing slows the bot
+    before the limit: GITLAB_RATE_LIMIT is a budget of its own for all of the process's calls
+    (deliveries, the sweep, its retries)."""
+    expected = seed_project(gitlab, 20)
+    settings = load_settings(
+        {"GITLAB_URL": gitlab.url, "GITLAB_TOKEN": "x", "GITLAB_RATE_LIMIT": "20"}
+    )
+    budget = {"gitlab_rate_limit": settings.gitlab_rate_limit}
+    bot: Bot = await start_bot(projects=("acme/app",), sweep_budget=1000, **budget)
+    for iid in expected:  # a burst of deliveries on top of the start-up sweep
+        await bot.deliver(payloads.merge_request_hook(iid=iid, sha=sha_of(iid)))
+    await eventually(lambda: shown(gitlab, expected) == expected, limit=30)
+    await eventually(lambda: bot.app[SWEEPER].sweeps >= 1, limit=30)
+    calls = list(gitlab.calls)
+    assert len(calls) > 40
+    # 20 per second: at most 21 start within any second (the window's two ends), where the
+    # same work unpaced makes its calls within a fraction of a second.
+    assert busiest_second(calls) <= 21
+    span = calls[-1].started - calls[0].started
+    assert span >= (len(calls) - 1) / 20 * 0.95
 
 
 async def test_a_freeze_verdict_wakes_itself_when_the_window_ends(
