@@ -311,8 +311,10 @@ class MergeRequest:
     responses: list[StatusResponse] = field(default_factory=list)  # oldest first
     head_since: float = 0.0  # when the current head SHA arrived (FakeGitLab.now())
     fixed_merge_status: str | None = None  # a detailed_merge_status the test pinned
-    # Approval rows' created_at (wall clock, see FakeGitLab.wall), by user id.
+    # Approval rows' created_at (wall clock, see FakeGitLab.wall) and patch_id_sha (the MR's
+    # when they approved), by user id.
     approved_at: dict[int, float] = field(default_factory=dict)
+    approval_patch: dict[int, str | None] = field(default_factory=dict)
     # The MR's diff versions (merge_request_diffs), oldest first; one per head GitLab recorded.
     versions: list[JSON] = field(default_factory=list)
     # Approval resets GitLab has scheduled but not run yet: (due on FakeGitLab.now(), head SHA).
@@ -857,15 +859,36 @@ class FakeGitLab:
         self._apply_resets(mr)
 
     def _apply_resets(self, mr: MergeRequest) -> None:
-        """Approval resets whose time has come delete every approval
-        (ee/app/services/merge_requests/reset_approvals_service.rb: `delete_approvals`;
-        17.x+ keeps an approval whose patch_id_sha matches, which the fake does not model)."""
+        """Approval resets whose time has come (ee/app/services/merge_requests/
+        reset_approvals_service.rb `delete_approvals`): before 17.0 every approval goes
+        (`approvals.delete_all`); from 17.0 an approval whose patch_id_sha is the MR's current one
+        stays (`with_invalid_patch_id_sha`), e.g. one given after the push."""
         due = [r for r in mr.pending_resets if r[0] <= self.now()]
         if not due:
             return
         mr.pending_resets = [r for r in mr.pending_resets if r[0] > self.now()]
-        mr.approved_by.clear()
-        mr.approved_at.clear()
+        current = mr.versions[-1]["patch_id_sha"] if mr.versions else None
+        keep = {
+            user_id
+            for user_id, patch in mr.approval_patch.items()
+            if self.at_least(17, 0) and patch == current
+        }
+        mr.approved_by = [u for u in mr.approved_by if u["id"] in keep]
+        mr.approved_at = {k: v for k, v in mr.approved_at.items() if k in keep}
+        mr.approval_patch = {k: v for k, v in mr.approval_patch.items() if k in keep}
+
+    def true_approvers(self, project_id: int, iid: int) -> list[str]:
+        """Who will still have approved once every approval reset GitLab scheduled has run:
+        the truth a merge gate must judge, whatever GitLab lists in the meantime."""
+        mr = self.projects[project_id].mrs[iid]
+        if not mr.pending_resets:
+            return [u["username"] for u in mr.approved_by]
+        current = mr.versions[-1]["patch_id_sha"] if mr.versions else None
+        return [
+            u["username"]
+            for u in mr.approved_by
+            if self.at_least(17, 0) and mr.approval_patch.get(u["id"]) == current
+        ]
 
     def _add_version(self, mr: MergeRequest) -> None:
         """A merge_request_diff row for the current head (lib/api/entities/merge_request_diff.rb
@@ -986,6 +1009,9 @@ class FakeGitLab:
             # Nobody approves a head before GitLab recorded it: strictly after its version.
             recorded = _parse_iso(mr.versions[-1]["created_at"]) if mr.versions else 0.0
             mr.approved_at[int(user["id"])] = max(self.wall(), recorded + 0.001)
+            mr.approval_patch[int(user["id"])] = (
+                mr.versions[-1]["patch_id_sha"] if mr.versions else None
+            )
         self._touch(project, mr)
 
     def unapprove(self, project_id: int, iid: int, user: Mapping[str, Any]) -> None:
@@ -993,6 +1019,7 @@ class FakeGitLab:
         mr = project.mrs[iid]
         mr.approved_by = [u for u in mr.approved_by if u["id"] != user["id"]]
         mr.approved_at.pop(int(user["id"]), None)
+        mr.approval_patch.pop(int(user["id"]), None)
         self._touch(project, mr)
 
     def approvers(self, project_id: int, iid: int) -> list[str]:
@@ -1313,6 +1340,14 @@ class FakeGitLab:
         whatever the callback changed (e.g. push a new SHA while the bot posts a status: 409).
         "after": once the answer has been sent, before the next request on that connection."""
         self._watchers.append(Watcher(method, path_contains, callback, when, times))
+
+    def clear_watchers(self, method: str = "*", path_contains: str = "") -> None:
+        """Remove the `on_request` callbacks registered with this method and path."""
+        self._watchers = [
+            w
+            for w in self._watchers
+            if not (method in ("*", w.method) and w.path_contains == path_contains)
+        ]
 
     # ================================================================ HTTP plumbing
 

@@ -783,3 +783,17 @@ async def test_graphql_diff_stats_cover_the_whole_change(
     ) as response:
         assert response.status == 200
         assert "doesn't exist" in (await response.json())["errors"][0]["message"]
+
+
+async def test_an_approval_given_after_the_push_survives_the_reset_from_17_0() -> None:
+    for version, survives in (("16.11.0", False), ("17.0.0", True)):
+        fake = await make_fake(version)
+        try:
+            fake.approve(1, 7, {"id": 3, "username": "carol"})
+            fake.push(1, 7, sha_for("head-2"))
+            fake.approve(1, 7, {"id": 4, "username": "dave"})  # within the 10 s
+            assert fake.true_approvers(1, 7) == (["dave"] if survives else [])
+            fake.advance(10.0)
+            assert fake.approvers(1, 7) == (["dave"] if survives else [])
+        finally:
+            await fake.close()
