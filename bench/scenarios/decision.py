@@ -3,21 +3,27 @@ at the fake GitLab, with L seconds added to every GitLab call.
 
 Latency runs from just before the delivery is sent to the moment the fake finished answering the
 status POST (its CLOCK_MONOTONIC timestamp; the same clock as ours). The baseline is an "ideal
-client" in this process: the four reads the policy needs in one concurrent round, then the POST,
-against the same fake, timed the same way — the floor any bot could reach.
+client" in this process that is also correct on a real GitLab: the first look at a head reads
+the MR (and its status checks) first, then the facts the policy needs (the diffs, the approvals
+and the newest diff version that says when GitLab recorded the head), then posts — facts read
+before the MR read might describe the previous head (README, "What the bot will not guess").
+Against the same fake, timed the same way: the floor any correct bot could reach.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import aiohttp
 
 from bench.harness import FakeControl, Harness, mr_calls, read_rounds
-from bench.load import body_for, delivery_headers, payload_template
+from bench.load import delivery_headers
 from bench.report import Figure, judge, median
+from tests.fakegitlab import sha_for
+from tests.payloads import merge_request_hook
 
 LATENCIES = (0.02, 0.05)
 SETTLE = 0.15  # quiet time after which an evaluation counts as over
@@ -40,11 +46,16 @@ async def _wait_post(control: FakeControl, mark: int, iid: int, limit: float = 1
 async def _bot_sample(
     h: Harness, bot_url: str, control: FakeControl, iid: int, latency: float
 ) -> dict[str, Any]:
-    template = payload_template()
+    # As GitLab sends it: the MR's real head (tests.fakegitlab.seed names it seed/<iid>).
+    body = json.dumps(
+        merge_request_hook(
+            project_id=1, project_path="acme/app", iid=iid, sha=sha_for(f"seed/{iid}")
+        )
+    ).encode()
     mark = await control.mark()
     sent = time.monotonic()
     async with h.session.post(
-        f"{bot_url}/webhook", data=body_for(template, iid), headers=delivery_headers()
+        f"{bot_url}/webhook", data=body, headers=delivery_headers()
     ) as answer:
         await answer.read()
         acked = time.monotonic()
@@ -58,7 +69,7 @@ async def _bot_sample(
     # The same delivery again: the verdict is unchanged, so nothing may be written.
     mark = await control.mark()
     async with h.session.post(
-        f"{bot_url}/webhook", data=body_for(template, iid), headers=delivery_headers()
+        f"{bot_url}/webhook", data=body, headers=delivery_headers()
     ) as answer:
         await answer.read()
     deadline = time.monotonic() + 10
@@ -77,6 +88,7 @@ async def _bot_sample(
         "rounds": read_rounds(reads),
         "writes": len(writes),
         "unchanged_reads": len([c for c in again if c["method"] == "GET"]),
+        "unchanged_rounds": read_rounds([c for c in again if c["method"] == "GET"]),
         "unchanged_writes": len([c for c in again if c["method"] != "GET"]),
     }
 
@@ -94,9 +106,8 @@ async def _ideal_sample(
 
     mark = await control.mark()
     sent = time.monotonic()
-    mr, checks, _diffs, _approvals = await asyncio.gather(
-        get(""), get("/status_checks"), get("/diffs"), get("/approvals")
-    )
+    mr, checks = await asyncio.gather(get(""), get("/status_checks"))
+    await asyncio.gather(get("/diffs"), get("/approvals"), get("/versions?per_page=1"))
     body = {"external_status_check_id": checks[0]["id"], "sha": mr["sha"], "status": "passed"}
     async with session.post(f"{base}/status_check_responses", json=body, headers=headers) as answer:
         answer.raise_for_status()
@@ -124,7 +135,7 @@ async def run(h: Harness) -> None:
             values = [r["latency"] * 1000 for r in bot_runs]
             med = median(values)
             ideal_med = median([x * 1000 for x in ideal])
-            target = 2.5 * latency * 1000 + 10
+            target = 3.5 * latency * 1000 + 10  # the correct ideal reads in 2 rounds: 3L
             h.figures.append(
                 Figure(
                     name=f"decision latency, L = {latency * 1000:.0f} ms",
@@ -140,7 +151,8 @@ async def run(h: Harness) -> None:
                         "answered by the fake (stored). The POST reached the fake after "
                         f"{median([r['arrived'] * 1000 for r in bot_runs]):.0f} ms (median); "
                         f"the 202 came after {median([r['ack'] * 1000 for r in bot_runs]):.1f} "
-                        "ms. Ideal client: the same 4 reads in one round, then the POST."
+                        "ms. Ideal client: the MR and its status checks, then the same 3 facts "
+                        "in a second round (a first look at a head), then the POST."
                     ],
                 )
             )
@@ -150,27 +162,41 @@ async def run(h: Harness) -> None:
     writes = [r["writes"] for r in economy]
     unchanged_writes = [r["unchanged_writes"] for r in economy]
     unchanged_reads = [r["unchanged_reads"] for r in economy]
-    ok = max(rounds) <= 1 and max(writes) <= 1 and max(unchanged_writes) == 0
+    unchanged_rounds = [r["unchanged_rounds"] for r in economy]
+    ok = (
+        max(rounds) <= 2
+        and max(writes) <= 1
+        and max(unchanged_writes) == 0
+        and max(unchanged_rounds) <= 1
+    )
     h.facts["requests_per_decision"] = median(reads) + median(writes)
     h.figures.append(
         Figure(
             name="API economy",
             measured=(
-                f"{median(reads):.0f} reads in {max(rounds)} round + {median(writes):.0f} write; "
-                f"unchanged: {median(unchanged_reads):.0f} reads + {max(unchanged_writes)} writes"
+                f"{median(reads):.0f} reads in {max(rounds)} rounds + {median(writes):.0f} write; "
+                f"unchanged: {median(unchanged_reads):.0f} reads in {max(unchanged_rounds)} round "
+                f"+ {max(unchanged_writes)} writes"
             ),
-            baseline="ideal: 4 reads in 1 round + 1 write; unchanged: 4 reads + 0 writes",
-            ratio=f"{(median(reads) + median(writes)) / 5:.2f}x ideal requests",
+            baseline=(
+                "ideal: 5 reads in 2 rounds + 1 write; unchanged: 5 reads in 1 round + 0 writes"
+            ),
+            ratio=f"{(median(reads) + median(writes)) / 6:.2f}x ideal requests",
             spread=(
                 f"reads {min(reads)}-{max(reads)}, rounds {min(rounds)}-{max(rounds)}, "
                 f"writes {min(writes)}-{max(writes)} over {len(economy)} decisions"
             ),
-            target="≤ 1 read round (+ pagination) and 1 write; 0 writes unchanged",
+            target=(
+                "first look ≤ 2 read rounds (+ pagination), then 1; 1 write; 0 writes unchanged"
+            ),
             verdict=judge(ok),
             notes=[
                 "Counted at the fake per decision of the latency runs: the policy needs the MR, "
-                "its diffs and its approvals, and the bot lists the MR's status checks. Then the "
-                "same delivery again (verdict unchanged) and what that cost."
+                "its diffs and its approvals (with the newest diff version: when GitLab recorded "
+                "the head), and the bot lists the MR's status checks; the first look at a head "
+                "reads the facts after the MR. The project's approval settings, read once per "
+                "project every 5 minutes, are not counted per MR. Then the same delivery again "
+                "(the same head, verdict unchanged) and what that cost."
             ],
         )
     )
