@@ -95,13 +95,18 @@ class Bot:
 
     async def settle(self, limit: float = 10.0) -> None:
         """Wait until every queued evaluation (including immediate re-runs) is done."""
-        queue = self.app[QUEUE]
-        async with asyncio.timeout(limit):
-            while True:
-                await queue.join()
-                await asyncio.sleep(0.02)
-                if queue.depth == 0 and queue.running == 0:
-                    return
+        await settle(self.app, limit)
+
+
+async def settle(app: web.Application, limit: float = 10.0) -> None:
+    """Wait until the app's queue has nothing queued or running (timers may still be set)."""
+    queue = app[QUEUE]
+    async with asyncio.timeout(limit):
+        while True:
+            await queue.join()
+            await asyncio.sleep(0.02)
+            if queue.depth == 0 and queue.running == 0:
+                return
 
 
 DEFAULT_POLICIES = {

@@ -39,12 +39,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from bot.app import QUEUE, create_app
+from bot.app import create_app
 from bot.config import Settings
 from bot.logs import configure_logging
 from bot.policy_store import PolicyStore
 from tests import payloads
-from tests.conftest import TOKEN, WEBHOOK_SECRET, write_policies
+from tests.conftest import TOKEN, WEBHOOK_SECRET, settle, write_policies
 from tests.fakegitlab import Call, FakeGitLab, diff_file, sha_for
 
 T = TypeVar("T")
@@ -160,13 +160,7 @@ class World:
             assert response.status in (200, 202), await response.text()
 
     async def settle(self, limit: float = 10.0) -> None:
-        queue = self.app[QUEUE]
-        async with asyncio.timeout(limit):
-            while True:
-                await queue.join()
-                await asyncio.sleep(0.02)
-                if queue.depth == 0 and queue.running == 0:
-                    return
+        await settle(self.app, limit)
 
 
 def true_verdicts(gitlab: FakeGitLab, iid: int) -> dict[str, bool]:
