@@ -501,9 +501,15 @@ class FactReader:
             "approved_by": tuple(_user(e.get("user")) for e in entries),
         }
         resets = results.get("approval_resets", self.projects.resets_approvals(facts.project_id))
-        version = results.get("newest_version")
-        if not resets or version is None:
+        if not resets:
             return fields
+        if "newest_version" not in results:
+            # GitLab refused to say when it recorded the head: which approvals may still go is
+            # unknown, so none are given (rules needing them are undecided, with GitLab's answer).
+            return {}
+        version = results["newest_version"]
+        if version is None:
+            return fields  # no diff version at all: no push to settle
         head = str(version.get("head_commit_sha") or "")
         if head and head != facts.sha:
             raise HeadMoved(facts.sha, head, "the newest diff version")

@@ -233,3 +233,16 @@ async def test_facts_read_before_a_push_never_judge_the_pushed_commit(
     assert "passed" not in posted(gitlab, "size-limit", NEW)
     assert gitlab.check_status(1, 1, "size-limit") == "failed"
     assert reasons(capsys)["size-limit"] == "changed_lines: 900 > max 400"
+
+
+async def test_approvals_are_not_counted_when_gitlab_will_not_say_when_it_recorded_the_head(
+    gitlab: FakeGitLab, bot: Bot, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(gitlab)
+    gitlab.fail(403, times=10, path_contains="/versions")
+    await bot.deliver(payloads.merge_request_hook(sha=OLD))
+    await bot.settle()
+    assert gitlab.check_status(1, 1, "reviewed") == "failed"
+    assert reasons(capsys)["reviewed"].startswith(
+        "approvals: cannot read approvals: GitLab answered 403"
+    )
