@@ -218,7 +218,11 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
     if store is None:
         store = PolicyStore(settings.policy_dir)
         store.load()
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    # GitLab never compresses a delivery, so the server never inflates a body: a compressed one
+    # is refused by the webhook handler (415) and never expanded, not even to be drained.
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, handler_args={"auto_decompress": False}
+    )
     app[SETTINGS] = settings
     app[POLICIES] = store
     app[METRICS] = metrics = Metrics()

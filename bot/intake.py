@@ -5,7 +5,8 @@ Every GitLab delivery lands on one URL: project, group and system webhooks (`X-G
 the body, maybe no Content-Type, maybe `X-Gitlab-Signature`). Each concern has its own gidgetlab
 router; a callback only turns the payload into MR keys. Answers: 202 queued, 200 valid but
 ignored (or a duplicate), 400 malformed, 401 bad token or signature, 405 not a POST, 413 too
-large, 503 shutting down. No GitLab call is made here.
+large, 415 compressed (GitLab never compresses), 503 shutting down. No GitLab call is made here.
+A refusal that leaves part of the body unread closes the connection instead of draining it.
 
 The sender is not trusted: every field a router reads is type-checked and a wrong one is a 400
 that names it; nothing from the payload is rendered recursively (a deeply nested value must not
@@ -445,6 +446,24 @@ async def _read_body(request: web.Request, max_bytes: int | None) -> bytes:
         raise _Refused(400, "malformed", message, close=True) from None
 
 
+def _check_encoding(request: web.BaseRequest) -> None:
+    """GitLab never compresses a delivery: any Content-Encoding but identity is refused before a
+    byte of the body is read (aiohttp would inflate it, on the event loop, even to drain it)."""
+    encodings = [
+        part.strip().lower()
+        for value in request.headers.getall("Content-Encoding", ())
+        for part in value.split(",")
+    ]
+    refused = [e for e in encodings if e not in ("", "identity")]
+    if refused:
+        shown = ", ".join(e[:LOGGED_HEADER_CHARS] for e in refused[:3])
+        raise _Refused(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {shown} is not accepted: GitLab sends deliveries uncompressed",
+        )
+
+
 def _check_token(headers: Mapping[str, str], secret: str) -> None:
     token = headers.get("X-Gitlab-Token")
     if not _same_secret(token, secret):
@@ -457,6 +476,18 @@ def _check_signature(headers: Mapping[str, str], secret: str, body: bytes) -> No
     if not _valid_signature(signature, secret, body):
         reason = "missing" if signature is None else "invalid"
         raise _Refused(401, "unauthorized", f"{reason} X-Gitlab-Signature")
+
+
+async def _answer_and_hang_up(request: web.Request, response: web.Response) -> None:
+    """Send a refusal, then close the connection without reading the rest of the body.
+
+    aiohttp would otherwise read (and inflate, when compressed) whatever the sender still sends,
+    for up to 10 s, before the connection could serve anything else. The answer is written out
+    first (`Connection: close`); closing the transport flushes it, then stops reading."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
 
 
 def make_webhook_handler(
@@ -486,6 +517,7 @@ def make_webhook_handler(
         request: web.Request, kind: str, status_check: bool, context: dict[str, Any]
     ) -> Delivery:
         """Authenticate, read and interpret, or raise _Refused."""
+        _check_encoding(request)
         # A webhook's token is checked before its body is read; a status check signs its body.
         if not status_check and webhook_secret is not None:
             _check_token(request.headers, webhook_secret)
@@ -525,9 +557,10 @@ def make_webhook_handler(
             delivery = await verified_delivery(request, kind, not event_name, context)
         except _Refused as refused:
             response = _reject(refused.status, refused.message, **context, **refused.log_fields)
-            if refused.close:
-                response.force_close()
-            return counted(kind, refused.outcome, response)
+            counted(kind, refused.outcome, response)
+            if refused.close or not request.content.is_eof():
+                await _answer_and_hang_up(request, response)
+            return response
         if not delivery.work:
             reason = delivery.ignored or f"event {kind[:60]!r} is not one the bot acts on"
             log.info("delivery_ignored", reason=reason, **context)

@@ -125,7 +125,8 @@ class Metrics:
         self.deliveries = Counter(
             f"{PREFIX}_deliveries",
             "Deliveries to POST /webhook by GitLab event kind and outcome "
-            "(queued, ignored, malformed, unauthorized, unavailable).",
+            "(queued, ignored, duplicate, malformed, unauthorized, too_large, "
+            "unsupported_encoding, unavailable).",
             ["kind", "outcome"],
             registry=registry,
         )
