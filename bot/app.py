@@ -21,7 +21,7 @@ from bot.decide import Decision, Evaluator, needs_of
 from bot.details import LINK_KEY, Sources, links_ctx
 from bot.details import add_routes as add_details_routes
 from bot.gitlab import GitLab, GitLabError
-from bot.intake import make_webhook_handler, webhook_method_not_allowed
+from bot.intake import OffLoopInterpreter, make_webhook_handler, webhook_method_not_allowed
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
 from bot.metrics import Metrics
@@ -236,6 +236,12 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
         queue = app.get(QUEUE)
         return queue.submit(key, hint) if queue is not None else False
 
+    interpreter = OffLoopInterpreter()  # large bodies are parsed in a helper process
+
+    async def stop_interpreter(app: web.Application) -> None:
+        await asyncio.to_thread(interpreter.close)
+
+    app.on_cleanup.append(stop_interpreter)
     app.router.add_post(
         "/webhook",
         make_webhook_handler(
@@ -244,6 +250,7 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
             submit=submit,
             on_delivery=metrics.delivery,
             max_body_bytes=settings.max_body_bytes,
+            interpreter=interpreter,
         ),
     )
     app.router.add_route("*", "/webhook", webhook_method_not_allowed)
