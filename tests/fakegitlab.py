@@ -401,6 +401,11 @@ class FakeGitLab:
         self.rate_limit_remaining: int | None = None
         self.rate_limit_limit = 2000
         self.rate_limit_reset_after = 60  # seconds, for RateLimit-Reset and Retry-After
+        # Hostile pagination (a proxy or a broken GitLab): each page's `rel="next"` URL and
+        # X-Next-Page value pass through these; given the honest value (None/"" on the last
+        # page) and the page number, they return what to send (None: leave it out).
+        self.next_link: Callable[[str | None, int], str | None] | None = None
+        self.next_page_header: Callable[[str, int], str | None] | None = None
         # Status check behaviour
         self.pending_timeout: float | None = 120.0  # 16.6+: pending turns failed after this
         self.legacy_status_checks: bool | None = None  # None: decided by version (< 15.0)
@@ -1587,18 +1592,25 @@ class FakeGitLab:
         links = []
         if has_prev:
             links.append(f'<{link(page - 1)}>; rel="prev"')
-        if has_next:
-            links.append(f'<{link(page + 1)}>; rel="next"')
+        next_url: str | None = link(page + 1) if has_next else None
+        if self.next_link is not None:
+            next_url = self.next_link(next_url, page)
+        if next_url is not None:
+            links.append(f'<{next_url}>; rel="next"')
         links.append(f'<{link(1)}>; rel="first"')
         if counted:
             links.append(f'<{link(total_pages)}>; rel="last"')
+        next_page: str | None = str(page + 1) if has_next else ""
+        if self.next_page_header is not None:
+            next_page = self.next_page_header(next_page, page)
         headers = {
             "X-Page": str(page),
             "X-Per-Page": str(per_page),
-            "X-Next-Page": str(page + 1) if has_next else "",
             "X-Prev-Page": str(page - 1) if has_prev else "",
             "Link": ", ".join(links),
         }
+        if next_page is not None:
+            headers["X-Next-Page"] = next_page
         if counted:
             headers["X-Total"] = str(total)
             headers["X-Total-Pages"] = str(total_pages)
