@@ -44,7 +44,83 @@ RECORD = web.AppKey("record", DecisionRecord)
 METRICS = web.AppKey("metrics", Metrics)
 STICKY = web.AppKey("sticky", StickyNotes)
 
-READY_PROBE_AGE = 30.0
+READY_PROBE_AGE = 30.0  # /readyz causes at most one GitLab call per this many seconds
+READY_PROBE_WAIT = 3.0  # seconds /readyz waits for that call
+
+
+class GitLabReadiness:
+    """What /readyz says about GitLab, at the cost of at most one GitLab call per
+    READY_PROBE_AGE seconds whatever the probe rate (the endpoint is unauthenticated).
+
+    A real call that succeeded in the last READY_PROBE_AGE seconds (and no unreachable one since)
+    vouches for GitLab without a call. Otherwise one `GET /version` is made, never retried, by a
+    single probe that every concurrent /readyz shares, and its answer is kept for
+    READY_PROBE_AGE seconds. A 401 says the token is rejected; no answer says unreachable."""
+
+    def __init__(
+        self,
+        gitlab: GitLab,
+        probe_client: GitLab,
+        *,
+        interval: float = READY_PROBE_AGE,
+        wait: float = READY_PROBE_WAIT,
+    ) -> None:
+        self.gitlab = gitlab
+        self.probe_client = probe_client
+        self.interval = interval
+        self.wait = wait
+        self._probe: asyncio.Task[str | None] | None = None
+        self._probed_at = -float("inf")
+        self._problem: str | None = None
+
+    async def problem(self) -> str | None:
+        now = time.monotonic()
+        gitlab = self.gitlab
+        if gitlab.reachable is not False and now - gitlab.last_contact <= self.interval:
+            return None
+        if self._probe is None:
+            if now - self._probed_at < self.interval:
+                return self._problem
+            self._probed_at = now
+            self._probe = asyncio.create_task(self._run(), name="readyz-gitlab-probe")
+        try:
+            async with asyncio.timeout(self.wait):
+                return await asyncio.shield(self._probe)
+        except TimeoutError:
+            return f"GitLab did not answer GET /version within {self.wait:g} s"
+
+    async def _run(self) -> str | None:
+        try:
+            await self.probe_client.get("/version")
+            problem = None
+        except GitLabError as exc:
+            problem = describe_gitlab_problem(exc)
+        except Exception as exc:  # never let a probe crash: say what happened
+            problem = f"GitLab could not be probed: {type(exc).__name__}"
+        self._problem = problem
+        self._probe = None
+        return problem
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+
+
+READINESS = web.AppKey("readiness", GitLabReadiness)
+
+
+def describe_gitlab_problem(exc: GitLabError) -> str:
+    """/readyz's words for a failed GitLab call: a rejected token is not an outage."""
+    if exc.status == 401:
+        return (
+            "GitLab rejects the token (401 on GET /version): GITLAB_TOKEN is wrong, expired "
+            "or revoked"
+        )
+    if exc.status is None:
+        return f"GitLab is unreachable: {exc.message}"
+    return f"GitLab is unreachable: it answers {exc.status} ({exc.message})"
 
 
 async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -54,9 +130,14 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         gitlab = GitLab.from_settings(session, settings, on_response=app[METRICS].gitlab_response)
         app[GITLAB] = gitlab
+        probe_client = GitLab.from_settings(
+            session, settings, max_attempts=1, on_response=app[METRICS].gitlab_response
+        )
+        app[READINESS] = readiness = GitLabReadiness(gitlab, probe_client)
         if await gitlab.detect_version() is None:
             app[VERSION_RETRY] = asyncio.create_task(_retry_version(gitlab))
         yield
+        await readiness.close()
         task = app.get(VERSION_RETRY)
         if task is not None:
             task.cancel()
@@ -184,20 +265,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when policies are loaded and GitLab answered recently (or answers a probe now)."""
+    """Ready when policies are loaded and GitLab answered recently (see GitLabReadiness)."""
     store = request.app[POLICIES]
     gitlab = request.app.get(GITLAB)
+    readiness = request.app.get(READINESS)
     problems = []
     if not store.loaded:
         problems.append("policies are not loaded")
-    if gitlab is None:
+    if gitlab is None or readiness is None:
         problems.append("GitLab client not started")
-    elif time.monotonic() - gitlab.last_contact > READY_PROBE_AGE:
-        try:
-            async with asyncio.timeout(3):
-                await gitlab.get("/version")
-        except (GitLabError, TimeoutError) as exc:
-            problems.append(f"GitLab is unreachable: {exc}")
+    else:
+        gitlab_problem = await readiness.problem()
+        if gitlab_problem is not None:
+            problems.append(gitlab_problem)
     body: dict[str, Any] = {
         "status": "ready" if not problems else "not ready",
         "policies": len(store.current),
