@@ -29,13 +29,23 @@ def _settings(*, quiet: bool = False) -> Settings:
     configure_logging(
         fmt=settings.log_format,
         level=level,
-        secrets=[
-            s
-            for s in (settings.gitlab_token, settings.webhook_secret, settings.status_check_secret)
-            if s
-        ],
+        secrets=_secrets(settings),
     )
     return settings
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Every configured secret: logs mask them wherever they would appear."""
+    return [
+        s
+        for s in (
+            settings.gitlab_token,
+            settings.webhook_secret,
+            settings.status_check_secret,
+            settings.link_secret,
+        )
+        if s
+    ]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -153,7 +163,8 @@ def _local_settings() -> Settings:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITLAB_")}
     env.update(GITLAB_URL="http://gitlab.invalid", GITLAB_TOKEN="unused")
     settings = load_settings(env)
-    configure_logging(fmt=settings.log_format, level="error", secrets=[])
+    secrets = [s for s in _secrets(settings) if s != env["GITLAB_TOKEN"]]  # not the placeholder
+    configure_logging(fmt=settings.log_format, level="error", secrets=secrets)
     return settings
 
 
