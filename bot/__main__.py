@@ -11,10 +11,11 @@ from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.record import StateError
+from bot.terminal import TerminalStream, printable
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message)}", file=sys.stderr)
     return code
 
 
@@ -65,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         policies = store.load()
     except PolicyLoadError as exc:
         for problem in exc.problems:
-            print(f"error: invalid policy: {problem}", file=sys.stderr)
+            print(f"error: invalid policy: {printable(problem)}", file=sys.stderr)
         return 1
     if not policies.policies:
         log.warning("no_policies", policy_dir=str(settings.policy_dir))
@@ -112,8 +113,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if missing:
         return _fail(f"no such file or folder: {', '.join(missing)}")
     problems = validate_paths(paths)
+    out = TerminalStream(sys.stdout)  # a message may quote the file: shown, never obeyed
     for problem in problems:
-        print(problem)
+        print(problem, file=out)
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
         return 1
@@ -128,7 +130,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         return _fail(f"no such file or folder: {', '.join(missing)}")
-    _passed, failed = run_tests(paths, sys.stdout)
+    _passed, failed = run_tests(paths, TerminalStream(sys.stdout))
     return 1 if failed else 0
 
 
@@ -136,7 +138,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from bot.explain import explain, use_color
 
     settings = _settings(quiet=True)
-    return explain(settings, args.merge_request, color=use_color(sys.stdout))
+    color = use_color(sys.stdout)
+    out = TerminalStream(sys.stdout, colour=color)
+    return explain(settings, args.merge_request, color=color, out=out)  # type: ignore[arg-type]
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -152,6 +156,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         update_secrets=args.update_secrets,
         prune=args.prune,
         group=args.group,
+        out=TerminalStream(sys.stdout),  # type: ignore[arg-type]
     )
 
 
@@ -184,7 +189,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     except StateError as exc:
         return _fail(str(exc), 1)
     if not rows:
-        print(f"no decisions recorded for {args.merge_request} in {settings.state_dir}")
+        print(printable(f"no decisions recorded for {args.merge_request} in {settings.state_dir}"))
     for row in rows:
         print(history_line(row))
     return 0

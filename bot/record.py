@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.logs import get_logger
+from bot.terminal import printable
 
 if TYPE_CHECKING:
     from bot.decide import Decision
@@ -135,30 +136,44 @@ class StateError(Exception):
     """STATE_DIR or its database cannot be used; the message is the one line the operator sees."""
 
 
+def _storable(value: Any) -> Any:
+    """Text SQLite can store: a lone surrogate (a hostile MR title can carry one) would make the
+    whole transaction fail, so it is kept as its escape (`\\ud800`)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def decision_values(decision: Decision) -> tuple[Any, ...]:
     """One decision as a row (in `_VERDICT_COLUMNS` order); the outcome tree becomes JSON."""
     verdict = decision.verdict
     outcome = verdict.outcome.to_dict() if verdict.outcome is not None else None
-    return (
-        decision.at.timestamp(),
-        decision.key.project_id,
-        decision.project_path,
-        decision.key.iid,
-        decision.sha,
-        decision.check,
-        decision.check_id,
-        verdict.status,
-        int(verdict.applicable),
-        int(verdict.advisory),
-        decision.action,
-        decision.gitlab_status,
-        decision.trigger,
-        decision.policy.path,
-        decision.policy.digest,
-        verdict.reason,
-        json.dumps(outcome, ensure_ascii=False, separators=(",", ":")),
-        verdict.wake_at.isoformat() if verdict.wake_at else None,
-        int(decision.tampered),
+    return tuple(
+        _storable(value)
+        for value in (
+            decision.at.timestamp(),
+            decision.key.project_id,
+            decision.project_path,
+            decision.key.iid,
+            decision.sha,
+            decision.check,
+            decision.check_id,
+            verdict.status,
+            int(verdict.applicable),
+            int(verdict.advisory),
+            decision.action,
+            decision.gitlab_status,
+            decision.trigger,
+            decision.policy.path,
+            decision.policy.digest,
+            verdict.reason,
+            json.dumps(outcome, ensure_ascii=False, separators=(",", ":")),
+            verdict.wake_at.isoformat() if verdict.wake_at else None,
+            int(decision.tampered),
+        )
     )
 
 
@@ -582,11 +597,6 @@ class DecisionRecord:
             self._reader.close()
 
 
-def _printable(text: str) -> str:
-    """Evidence quotes MR titles: never let one move the cursor or recolour a terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def history_line(row: dict[str, Any]) -> str:
     """One recorded decision as the `history` command prints it."""
     at = row["at"].replace("+00:00", "Z")
@@ -594,7 +604,8 @@ def history_line(row: dict[str, Any]) -> str:
         f"{row['action']} (over a status set by hand)" if row.get("tampered") else row["action"]
     )
     fields = (at, row["sha"][:8], row["check"], row["verdict"], action, row["reason"])
-    return "  ".join(_printable(str(field)) for field in fields)
+    # Evidence quotes MR titles: never let one move the cursor or recolour a terminal.
+    return "  ".join(printable(field) for field in fields)
 
 
 async def read_history(
