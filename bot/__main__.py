@@ -113,9 +113,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if missing:
         return _fail(f"no such file or folder: {', '.join(missing)}")
     problems = validate_paths(paths)
-    out = TerminalStream(sys.stdout)  # a message may quote the file: shown, never obeyed
     for problem in problems:
-        print(problem, file=out)
+        # One line each, whatever the message quotes from the file: shown, never obeyed.
+        print(printable(problem))
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
         return 1

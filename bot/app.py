@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -250,7 +251,7 @@ async def _policy_watch_ctx(app: web.Application) -> AsyncIterator[None]:
     hup = False
     if settings.handle_signals:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGHUP, store.reload)
+            loop.add_signal_handler(signal.SIGHUP, store.request_reload)
             hup = True
     yield
     if hup:
@@ -284,6 +285,15 @@ async def readyz(request: web.Request) -> web.Response:
     }
     if problems:
         body["problems"] = problems
+    if store.broken_since is not None:
+        # Still ready: the last good set serves, and taking every replica out of rotation for
+        # a broken file would lose deliveries. Said here, in /metrics and in the logs.
+        since = dt.datetime.fromtimestamp(store.broken_since, dt.UTC).isoformat(timespec="seconds")
+        body["warnings"] = [
+            f"the policy files on disk are broken since {since}; serving the last good set "
+            f"(digest {store.current.digest[:12]})"
+        ]
+        body["policies_on_disk"] = {"broken_since": since, "problems": store.problems}
     return web.json_response(body, status=200 if not problems else 503)
 
 
@@ -306,6 +316,7 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
     app[SETTINGS] = settings
     app[POLICIES] = store
     app[METRICS] = metrics = Metrics()
+    metrics.watch_policies(store)
 
     def submit(key: MRKey | BranchKey, hint: Hint) -> bool:
         record = app.get(RECORD)

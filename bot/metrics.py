@@ -192,6 +192,27 @@ class Metrics:
             ["action"],
             registry=registry,
         )
+        self.policies_loaded = Gauge(
+            f"{PREFIX}_policies",
+            "Policies in the set being served.",
+            registry=registry,
+        )
+        self.policies_broken = Gauge(
+            f"{PREFIX}_policies_broken",
+            "1 while the policy files on disk do not load (the last good set serves), else 0.",
+            registry=registry,
+        )
+        self.policies_broken_since = Gauge(
+            f"{PREFIX}_policies_broken_since_seconds",
+            "Unix time since when the policy files on disk do not load (0 while they do).",
+            registry=registry,
+        )
+        self.policy_reloads = Counter(
+            f"{PREFIX}_policy_reloads",
+            "Policy reloads by outcome (loaded, unchanged, failed, slow).",
+            ["outcome"],
+            registry=registry,
+        )
         self._endpoints: set[str] = set()
         self._children: dict[tuple[Any, ...], Any] = {}
         for kind in ("repaired", "tampered"):
@@ -213,6 +234,14 @@ class Metrics:
         self.queue_depth.set_function(depth)
         self.queue_running.set_function(running)
         self.queue_scheduled.set_function(scheduled)
+
+    def watch_policies(self, store: Any) -> None:
+        """Read the policy store (bot.policy_store.PolicyStore) at scrape time, and count its
+        reloads."""
+        self.policies_loaded.set_function(lambda: len(store.current))
+        self.policies_broken.set_function(lambda: 0 if store.broken_since is None else 1)
+        self.policies_broken_since.set_function(lambda: store.broken_since or 0)
+        store.on_reload = lambda outcome: self._child(self.policy_reloads, outcome).inc()
 
     def evaluation_finished(self, seconds: float, outcome: str = "ok") -> None:
         self._child(self.evaluation_seconds, outcome).observe(seconds)

@@ -91,7 +91,7 @@ def test_test_prints_hostile_case_names_and_evidence_inert(tmp_path: Path) -> No
     (folder / "title.test.yaml").write_text(
         "policy: conventional-title\ncases:\n"
         '  - name: "case \\e[2J\\r\\x9b1m\\u202e"\n'
-        '    mr: {title: "fix \\e]0;pwned\\a \\ud800"}\n'
+        '    mr: {title: "fix \\e]0;pwned\\a \\u202e"}\n'
         "    expect: passed\n"
     )
     result = subprocess.run(
