@@ -220,7 +220,9 @@ async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
         app[QUEUE],
         configured=settings.projects,
         remembered=app[RECORD].known_projects,
+        unconfirmed=app[RECORD].unconfirmed_projects,
         forget=app[RECORD].forget_project,
+        drop_unconfirmed=app[RECORD].drop_unconfirmed,
         budget=settings.sweep_budget,
         on_finished=lambda report: app[METRICS].sweep_finished(
             report.duration, report.repaired, report.tampered
@@ -320,10 +322,11 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
 
     def submit(key: MRKey | BranchKey, hint: Hint) -> bool:
         record = app.get(RECORD)
-        if record is not None and hint.project_path:
-            # Before any evaluation: a kill -9 right after this delivery still leaves the project
-            # known to the next start-up sweep.
-            record.remember_project(key.project_id, hint.project_path)
+        if record is not None:
+            # Before any evaluation, so a kill -9 right after this delivery still leaves the
+            # project to the next start-up sweep; but only as an unconfirmed id (bounded, no
+            # path: a delivery may be forged) until GitLab confirms it.
+            record.remember_delivered(key.project_id)
         queue = app.get(QUEUE)
         return queue.submit(key, hint) if queue is not None else False
 

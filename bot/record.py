@@ -88,6 +88,10 @@ CREATE TABLE IF NOT EXISTS projects (
     path TEXT NOT NULL,
     last_seen REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS unconfirmed_projects (
+    project_id INTEGER PRIMARY KEY,
+    last_seen REAL NOT NULL
+);
 """
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS decisions_mr ON decisions (project_id, iid, id);
@@ -110,6 +114,24 @@ _TOUCH_LATEST = (
 _UPSERT_PROJECT = (
     "INSERT INTO projects (project_id, path, last_seen) VALUES (?, ?, ?) "
     "ON CONFLICT (project_id) DO UPDATE SET path = excluded.path, last_seen = excluded.last_seen"
+)
+_UPSERT_UNCONFIRMED = (
+    "INSERT INTO unconfirmed_projects (project_id, last_seen) VALUES (?, ?) "
+    "ON CONFLICT (project_id) DO UPDATE SET last_seen = excluded.last_seen"
+)
+# Projects: those GitLab confirmed (an evaluation read an MR of theirs), with GitLab's path; and
+# ids met only in deliveries, which anyone can forge while STATUS_CHECK_SECRET is unset: kept
+# apart, without a path, bounded, until the sweep asks GitLab about them.
+MAX_KNOWN_PROJECTS = 10_000
+MAX_UNCONFIRMED_PROJECTS = 1_000
+_TRIM_EVERY = 64  # inserts between trims of a projects table to its bound
+_TRIM_PROJECTS = (
+    "DELETE FROM projects WHERE project_id NOT IN "
+    "(SELECT project_id FROM projects ORDER BY last_seen DESC LIMIT ?)"
+)
+_TRIM_UNCONFIRMED = (
+    "DELETE FROM unconfirmed_projects WHERE project_id NOT IN "
+    "(SELECT project_id FROM unconfirmed_projects ORDER BY last_seen DESC LIMIT ?)"
 )
 
 
@@ -340,7 +362,9 @@ class DecisionRecord:
         self._writer = writer
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
-        self._seen: dict[int, tuple[str, float]] = {}
+        self._seen: dict[int, tuple[str, float]] = {}  # confirmed: id -> (path, written at)
+        self._delivered: dict[int, float] = {}  # unconfirmed ids written lately (bounded)
+        self._inserts = 0
         self._latest = _LatestRows()  # the writer thread's own
         self._thread: threading.Thread | None = None
         if writer is not None:
@@ -512,24 +536,59 @@ class DecisionRecord:
         it, and the MR's latest verdict for that check whatever the action."""
         self._enqueue(_DecisionWrite(decision, self._latest))
 
-    def remember_project(self, project_id: int, path: str) -> None:
-        """Remember a project the bot works for (the sweep covers it after a restart).
+    def _trim(self, sql: str, bound: int) -> None:
+        """Every _TRIM_EVERY inserts, cut a table to `bound - _TRIM_EVERY` rows (the newest),
+        so it never holds more than `bound`."""
+        self._inserts += 1
+        if self._inserts % _TRIM_EVERY == 0:
+            self._enqueue((sql, (bound - _TRIM_EVERY,)))
 
-        Called on every accepted delivery and every evaluation (synchronous: it only queues);
-        written when new, renamed, or not written for an hour.
-        """
+    def remember_project(self, project_id: int, path: str) -> None:
+        """Remember a project GitLab confirmed (an evaluation read one of its MRs; `path` is
+        GitLab's): the sweep covers it after a restart. Synchronous (it only queues); written
+        when new, renamed, or not written for an hour."""
         now = time.time()
         seen = self._seen.get(project_id)
         if seen is not None and seen[0] == path and now - seen[1] < 3600:
             return
+        if len(self._seen) >= MAX_KNOWN_PROJECTS:
+            self._seen.clear()
         self._seen[project_id] = (path, now)
-        self._enqueue((_UPSERT_PROJECT, (project_id, path, now)))
+        self._delivered.pop(project_id, None)
+        self._enqueue((_UPSERT_PROJECT, (project_id, _storable(path), now)))
+        self._enqueue(("DELETE FROM unconfirmed_projects WHERE project_id = ?", (project_id,)))
+        self._trim(_TRIM_PROJECTS, MAX_KNOWN_PROJECTS)
+
+    def remember_delivered(self, project_id: int) -> None:
+        """A project id met in an accepted delivery, before GitLab has said anything about it:
+        kept apart (no path: the payload's is not trusted), at most MAX_UNCONFIRMED_PROJECTS of
+        them (the oldest go), so a kill -9 before its evaluation still leaves it to the next
+        start-up sweep, which asks GitLab (`unconfirmed_projects`)."""
+        now = time.time()
+        confirmed = self._seen.get(project_id)
+        if confirmed is not None and now - confirmed[1] < 3600:
+            return
+        written = self._delivered.get(project_id)
+        if written is not None and now - written < 3600:
+            return
+        if len(self._delivered) >= 2 * MAX_UNCONFIRMED_PROJECTS:
+            self._delivered.clear()
+        self._delivered[project_id] = now
+        self._enqueue((_UPSERT_UNCONFIRMED, (project_id, now)))
+        self._trim(_TRIM_UNCONFIRMED, MAX_UNCONFIRMED_PROJECTS)
 
     def forget_project(self, project_id: int) -> None:
         """Stop covering a project (GitLab says it does not exist, or the token cannot see it):
         a forged or stale id must not cost a request in every sweep forever."""
         self._seen.pop(project_id, None)
+        self._delivered.pop(project_id, None)
         self._enqueue(("DELETE FROM projects WHERE project_id = ?", (project_id,)))
+        self._enqueue(("DELETE FROM unconfirmed_projects WHERE project_id = ?", (project_id,)))
+
+    def drop_unconfirmed(self, project_id: int) -> None:
+        """An id from a delivery that GitLab lists no open MR for: nothing to sweep there."""
+        self._delivered.pop(project_id, None)
+        self._enqueue(("DELETE FROM unconfirmed_projects WHERE project_id = ?", (project_id,)))
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
@@ -559,9 +618,17 @@ class DecisionRecord:
         return (str(rows[0]["sha"]), str(rows[0]["verdict"])) if rows else None
 
     async def known_projects(self) -> list[tuple[int, str]]:
-        """Every project the bot has evaluated, as (id, path), ordered by id."""
+        """Every project GitLab confirmed (the bot evaluated an MR of it), as (id, GitLab's
+        path), ordered by id."""
         rows = await self._read("SELECT project_id, path FROM projects ORDER BY project_id", ())
         return [(int(r["project_id"]), str(r["path"])) for r in rows]
+
+    async def unconfirmed_projects(self) -> list[int]:
+        """Project ids met only in deliveries so far (see `remember_delivered`), by id."""
+        rows = await self._read(
+            "SELECT project_id FROM unconfirmed_projects ORDER BY project_id", ()
+        )
+        return [int(r["project_id"]) for r in rows]
 
     async def history(self, project: int | str, iid: int, limit: int = 50) -> list[dict[str, Any]]:
         """The recorded decisions of one MR, newest first; `project` is an id or a path."""
