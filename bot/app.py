@@ -161,6 +161,7 @@ async def _record_ctx(app: web.Application) -> AsyncIterator[None]:
         DecisionRecord.open, settings.state_dir, retention_days=settings.record_retention_days
     )
     app[RECORD] = record
+    app[METRICS].watch_record(record)
     yield
     await record.close()
 
@@ -281,22 +282,37 @@ async def readyz(request: web.Request) -> web.Response:
         gitlab_problem = await readiness.problem()
         if gitlab_problem is not None:
             problems.append(gitlab_problem)
-    body: dict[str, Any] = {
-        "status": "ready" if not problems else "not ready",
-        "policies": len(store.current),
-    }
-    if problems:
-        body["problems"] = problems
+    # Degraded, not unready: the bot still decides correctly, and an unready instance gets no
+    # deliveries at all (GitLab disables a hook after 4 failures). Said here, in /metrics and
+    # in the logs.
+    warnings: list[str] = []
+    extra: dict[str, Any] = {}
     if store.broken_since is not None:
-        # Still ready: the last good set serves, and taking every replica out of rotation for
-        # a broken file would lose deliveries. Said here, in /metrics and in the logs.
-        since = dt.datetime.fromtimestamp(store.broken_since, dt.UTC).isoformat(timespec="seconds")
-        body["warnings"] = [
+        since = _iso(store.broken_since)
+        warnings.append(
             f"the policy files on disk are broken since {since}; serving the last good set "
             f"(digest {store.current.digest[:12]})"
-        ]
-        body["policies_on_disk"] = {"broken_since": since, "problems": store.problems}
+        )
+        extra["policies_on_disk"] = {"broken_since": since, "problems": store.problems}
+    record = request.app.get(RECORD)
+    if record is not None and record.failing_since is not None:
+        warnings.append(
+            f"the decision record fails since {_iso(record.failing_since)}: {record.last_error} "
+            "(verdicts are still posted; decisions are not recorded)"
+        )
+        extra["record"] = {"failing_since": _iso(record.failing_since), "errors": record.errors}
+    status = "not ready" if problems else "degraded" if warnings else "ready"
+    body: dict[str, Any] = {"status": status, "policies": len(store.current)}
+    if problems:
+        body["problems"] = problems
+    if warnings:
+        body["warnings"] = warnings
+    body.update(extra)
     return web.json_response(body, status=200 if not problems else 503)
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -213,6 +213,22 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.record_failing = Gauge(
+            f"{PREFIX}_record_failing",
+            "1 while the decision record's database fails (replaced, damaged, disk full), else 0.",
+            registry=registry,
+        )
+        self.record_failing_since = Gauge(
+            f"{PREFIX}_record_failing_since_seconds",
+            "Unix time since when the decision record fails (0 while it works).",
+            registry=registry,
+        )
+        self.record_errors = Counter(
+            f"{PREFIX}_record_errors",
+            "Failed reads and write transactions of the decision record, by op (read, write).",
+            ["op"],
+            registry=registry,
+        )
         self._endpoints: set[str] = set()
         self._children: dict[tuple[Any, ...], Any] = {}
         for kind in ("repaired", "tampered"):
@@ -234,6 +250,16 @@ class Metrics:
         self.queue_depth.set_function(depth)
         self.queue_running.set_function(running)
         self.queue_scheduled.set_function(scheduled)
+
+    def watch_record(self, record: Any) -> None:
+        """Read the decision record's health (bot.record.DecisionRecord) at scrape time, and
+        count its errors as they happen (from its writer thread too: counters are thread-safe).
+        """
+        self.record_failing.set_function(lambda: 0 if record.failing_since is None else 1)
+        self.record_failing_since.set_function(lambda: record.failing_since or 0)
+        for op in ("read", "write"):
+            self.record_errors.labels(op=op)
+        record.on_error = lambda op: self.record_errors.labels(op=op).inc()
 
     def watch_policies(self, store: Any) -> None:
         """Read the policy store (bot.policy_store.PolicyStore) at scrape time, and count its

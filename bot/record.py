@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import json
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -345,6 +347,30 @@ def _describe(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
+def _disk_full(folder: Path, exc: BaseException | None = None) -> bool:
+    """The error is a full disk, or the folder's filesystem has (next to) no space left: SQLite
+    then reports all sorts of things ("disk I/O error", "cannot rollback")."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if exc is not None and "disk is full" in str(exc):
+        return True
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free < 64 * 1024
+    except OSError:
+        return False
+
+
+def _advice(message: str, path: Path) -> str:
+    if "not a database" in message or "malformed" in message:
+        return f"{path} was replaced or damaged: move it aside and restart to start a new record"
+    if "disk is full" in message or _disk_full(path.parent):
+        return f"disk full: free space on the filesystem of {path.parent}"
+    return f"check {path} and its folder (permissions, space, the volume)"
+
+
 class DecisionRecord:
     """The record of one STATE_DIR. Open it with `DecisionRecord.open(state_dir)`."""
 
@@ -366,6 +392,13 @@ class DecisionRecord:
         self._delivered: dict[int, float] = {}  # unconfirmed ids written lately (bounded)
         self._inserts = 0
         self._latest = _LatestRows()  # the writer thread's own
+        # Failures of the database while running (a replaced or damaged file, a full disk):
+        # logged once when they start (`record_failed`) and once when they end; counted.
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self.errors: dict[str, int] = {"read": 0, "write": 0}
+        self.on_error: Callable[[str], None] | None = None  # op: read/write (metrics)
+        self._state_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         if writer is not None:
             self._thread = threading.Thread(
@@ -404,8 +437,9 @@ class DecisionRecord:
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            full = "disk full: " if _disk_full(state_dir, exc) else ""
             raise StateError(
-                f"STATE_DIR {str(state_dir)!r} cannot be created: {_describe(exc)}"
+                f"STATE_DIR {str(state_dir)!r} cannot be created: {full}{_describe(exc)}"
             ) from None
         writer = None
         try:
@@ -416,6 +450,12 @@ class DecisionRecord:
             if writer is not None:
                 writer.close()
             message = _describe(exc)
+            if _disk_full(state_dir, exc):
+                raise StateError(
+                    f"{str(path)!r} cannot be written: disk full "
+                    f"({shutil.disk_usage(state_dir).free} bytes free on STATE_DIR's "
+                    f"filesystem; SQLite said: {message}): free some space and start again"
+                ) from None
             if "not a database" in message or "malformed" in message:
                 raise StateError(
                     f"{str(path)!r} is not a usable SQLite database ({message}): "
@@ -448,7 +488,10 @@ class DecisionRecord:
             pruned = DecisionRecord._prune(conn, retention_days)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does): the error that matters
+            # is the first one, not "cannot rollback - no transaction is active".
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
         if pruned:
             log.info("record_pruned", rows=pruned, retention_days=retention_days)
@@ -513,7 +556,7 @@ class DecisionRecord:
             linger = linger and isinstance(item, _DecisionWrite) and item.lingers
         return batch
 
-    def _commit(self, conn: sqlite3.Connection, writes: list[_Write]) -> None:
+    def _transaction(self, conn: sqlite3.Connection, writes: list[_Write]) -> Exception | None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for write in writes:
@@ -523,11 +566,65 @@ class DecisionRecord:
                     conn.execute(*write)
             conn.execute("COMMIT")
             self._latest.commit()
+            return None
         except Exception as exc:  # a full disk must not kill the writer thread
             self._latest.rollback()
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            log.error("record_write_failed", error=str(exc), lost=len(writes), path=str(self.path))
+            return exc
+
+    def _commit(self, conn: sqlite3.Connection, writes: list[_Write]) -> None:
+        """Commit the writes together; if that fails, one by one, so one bad write costs only
+        itself. Failures are counted and reported (`_failed`), never raised."""
+        error = self._transaction(conn, writes)
+        if error is None:
+            self._succeeded()
+            return
+        lost = len(writes)
+        if len(writes) > 1:
+            lost = 0
+            for write in writes:
+                failed = self._transaction(conn, [write])
+                if failed is not None:
+                    lost += 1
+                    error = failed
+        if lost:
+            self._failed("write", error, lost=lost)
+        else:
+            self._succeeded()
+
+    def _failed(self, op: str, exc: BaseException, *, lost: int = 0) -> None:
+        """A read or write failed: count it; log it once when the record starts failing."""
+        message = _describe(exc)
+        with self._state_lock:
+            self.errors[op] = self.errors.get(op, 0) + 1
+            first = self.failing_since is None
+            if first:
+                self.failing_since = time.time()
+            self.last_error = message
+        if self.on_error is not None:
+            self.on_error(op)
+        if first:
+            log.error(
+                "record_failed",
+                op=op,
+                error=message,
+                lost=lost,
+                path=str(self.path),
+                effect="verdicts are still posted; decisions are not recorded and history cannot "
+                "be shown until the database works again",
+                advice=_advice(message, self.path),
+            )
+        else:
+            log.debug("record_failed_again", op=op, error=message, lost=lost)
+
+    def _succeeded(self) -> None:
+        if self.failing_since is None:
+            return
+        with self._state_lock:
+            since, self.failing_since = self.failing_since, None
+        if since is not None:
+            log.info("record_recovered", failed_for=round(time.time() - since, 1))
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -600,13 +697,23 @@ class DecisionRecord:
         await marker.future
 
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        """Rows of a read; a database that fails raises StateError (one line, no traceback)."""
         await self.flush()
 
         def run() -> list[sqlite3.Row]:
             with self._read_lock:
                 return self._reader.execute(sql, params).fetchall()
 
-        return await asyncio.to_thread(run)
+        try:
+            rows = await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            raise StateError(
+                f"the decision record cannot be read: {_describe(exc)} ({self.path})"
+            ) from None
+        if self._writer is not None:
+            self._succeeded()
+        return rows
 
     async def last_posted(self, project_id: int, iid: int, check: str) -> tuple[str, str] | None:
         """(sha, verdict) of the newest verdict the bot posted for this check of this MR."""
