@@ -477,11 +477,14 @@ async def webhook_method_not_allowed(request: web.Request) -> web.Response:
         remote=request.remote,
         **_logged_ids(request.headers),
     )
-    return web.json_response(
+    response = web.json_response(
         {"error": f"method {method} is not allowed: GitLab delivers with POST"},
         status=405,
         headers={"Allow": "POST"},
     )
+    if not request.content.is_eof():
+        await _answer_and_hang_up(request, response)
+    return response
 
 
 class _Refused(Exception):

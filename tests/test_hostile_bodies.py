@@ -53,7 +53,7 @@ def test_the_bomb_is_what_it_claims() -> None:
 
 
 async def raw_post(
-    bot: Bot, head: bytes, body: bytes, *, piece: int = 64 * 1024
+    bot: Bot, head: bytes, body: bytes, *, piece: int = 64 * 1024, method: bytes = b"POST"
 ) -> tuple[bytes, bool]:
     """POST `body` over a raw socket after the extra header lines `head`; returns the response
     bytes and whether the server closed the connection (EOF or reset after the response).
@@ -83,7 +83,7 @@ async def raw_post(
 
     answer = asyncio.create_task(read_response())
     writer.write(
-        b"POST /webhook HTTP/1.1\r\nHost: bot\r\n" + head
+        method + b" /webhook HTTP/1.1\r\nHost: bot\r\n" + head
         + b"Content-Length: %d\r\n\r\n" % len(body)
     )  # fmt: skip
     try:
@@ -209,15 +209,17 @@ async def test_compressed_deliveries_are_refused_with_415_even_when_valid(
         (EVENT, 401),  # a webhook without its token
         (EVENT + b"X-Gitlab-Token: wrong\r\n", 401),
         (EVENT + TOKEN, 413),  # declared larger than MAX_BODY_BYTES
+        (EVENT + TOKEN, 405),  # not a POST
     ],
-    ids=["no-token", "wrong-token", "too-large"],
+    ids=["no-token", "wrong-token", "too-large", "not-a-post"],
 )
 async def test_a_refused_big_body_is_not_drained(bot: Bot, head: bytes, expected: int) -> None:
     """A refusal before the body is read answers at once and hangs up: it does not read (for
     up to 10 s, keeping the connection) the 64 MB the sender goes on sending."""
     body = b" " * (64 * MIB)
     started = time.perf_counter()
-    response, closed = await raw_post(bot, head, body)
+    method = b"PUT" if expected == 405 else b"POST"
+    response, closed = await raw_post(bot, head, body, method=method)
     elapsed = time.perf_counter() - started
     assert status_of(response) == expected, response[:300]
     assert b"Connection: close" in response, response[:300]
