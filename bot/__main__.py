@@ -11,10 +11,11 @@ from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.record import StateError
+from bot.terminal import TerminalStream, printable
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message)}", file=sys.stderr)
     return code
 
 
@@ -29,13 +30,23 @@ def _settings(*, quiet: bool = False) -> Settings:
     configure_logging(
         fmt=settings.log_format,
         level=level,
-        secrets=[
-            s
-            for s in (settings.gitlab_token, settings.webhook_secret, settings.status_check_secret)
-            if s
-        ],
+        secrets=_secrets(settings),
     )
     return settings
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Every configured secret: logs mask them wherever they would appear."""
+    return [
+        s
+        for s in (
+            settings.gitlab_token,
+            settings.webhook_secret,
+            settings.status_check_secret,
+            settings.link_secret,
+        )
+        if s
+    ]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -55,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         policies = store.load()
     except PolicyLoadError as exc:
         for problem in exc.problems:
-            print(f"error: invalid policy: {problem}", file=sys.stderr)
+            print(f"error: invalid policy: {printable(problem)}", file=sys.stderr)
         return 1
     if not policies.policies:
         log.warning("no_policies", policy_dir=str(settings.policy_dir))
@@ -103,7 +114,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return _fail(f"no such file or folder: {', '.join(missing)}")
     problems = validate_paths(paths)
     for problem in problems:
-        print(problem)
+        # One line each, whatever the message quotes from the file: shown, never obeyed.
+        print(printable(problem))
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
         return 1
@@ -150,7 +162,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         return _fail(f"no such file or folder: {', '.join(missing)}")
-    _passed, failed = run_tests(paths, sys.stdout)
+    _passed, failed = run_tests(paths, TerminalStream(sys.stdout))
     return 1 if failed else 0
 
 
@@ -158,7 +170,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from bot.explain import explain, use_color
 
     settings = _settings(quiet=True)
-    return explain(settings, args.merge_request, color=use_color(sys.stdout))
+    color = use_color(sys.stdout)
+    out = TerminalStream(sys.stdout, colour=color)
+    return explain(settings, args.merge_request, color=color, out=out)  # type: ignore[arg-type]
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -174,6 +188,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         update_secrets=args.update_secrets,
         prune=args.prune,
         group=args.group,
+        out=TerminalStream(sys.stdout),  # type: ignore[arg-type]
     )
 
 
@@ -185,7 +200,8 @@ def _local_settings() -> Settings:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITLAB_")}
     env.update(GITLAB_URL="http://gitlab.invalid", GITLAB_TOKEN="unused")
     settings = load_settings(env)
-    configure_logging(fmt=settings.log_format, level="error", secrets=[])
+    secrets = [s for s in _secrets(settings) if s != env["GITLAB_TOKEN"]]  # not the placeholder
+    configure_logging(fmt=settings.log_format, level="error", secrets=secrets)
     return settings
 
 
@@ -205,7 +221,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     except StateError as exc:
         return _fail(str(exc), 1)
     if not rows:
-        print(f"no decisions recorded for {args.merge_request} in {settings.state_dir}")
+        print(printable(f"no decisions recorded for {args.merge_request} in {settings.state_dir}"))
     for row in rows:
         print(history_line(row))
     return 0

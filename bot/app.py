@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from bot.details import LINK_KEY, Sources, links_ctx
 from bot.details import add_routes as add_details_routes
 from bot.fetch import FactReader
 from bot.gitlab import GitLab, GitLabError
-from bot.intake import make_webhook_handler, webhook_method_not_allowed
+from bot.intake import OffLoopInterpreter, make_webhook_handler, webhook_method_not_allowed
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
 from bot.metrics import Metrics
@@ -46,7 +47,83 @@ RECORD = web.AppKey("record", DecisionRecord)
 METRICS = web.AppKey("metrics", Metrics)
 STICKY = web.AppKey("sticky", StickyNotes)
 
-READY_PROBE_AGE = 30.0
+READY_PROBE_AGE = 30.0  # /readyz causes at most one GitLab call per this many seconds
+READY_PROBE_WAIT = 3.0  # seconds /readyz waits for that call
+
+
+class GitLabReadiness:
+    """What /readyz says about GitLab, at the cost of at most one GitLab call per
+    READY_PROBE_AGE seconds whatever the probe rate (the endpoint is unauthenticated).
+
+    A real call that succeeded in the last READY_PROBE_AGE seconds (and no unreachable one since)
+    vouches for GitLab without a call. Otherwise one `GET /version` is made, never retried, by a
+    single probe that every concurrent /readyz shares, and its answer is kept for
+    READY_PROBE_AGE seconds. A 401 says the token is rejected; no answer says unreachable."""
+
+    def __init__(
+        self,
+        gitlab: GitLab,
+        probe_client: GitLab,
+        *,
+        interval: float = READY_PROBE_AGE,
+        wait: float = READY_PROBE_WAIT,
+    ) -> None:
+        self.gitlab = gitlab
+        self.probe_client = probe_client
+        self.interval = interval
+        self.wait = wait
+        self._probe: asyncio.Task[str | None] | None = None
+        self._probed_at = -float("inf")
+        self._problem: str | None = None
+
+    async def problem(self) -> str | None:
+        now = time.monotonic()
+        gitlab = self.gitlab
+        if gitlab.reachable is not False and now - gitlab.last_contact <= self.interval:
+            return None
+        if self._probe is None:
+            if now - self._probed_at < self.interval:
+                return self._problem
+            self._probed_at = now
+            self._probe = asyncio.create_task(self._run(), name="readyz-gitlab-probe")
+        try:
+            async with asyncio.timeout(self.wait):
+                return await asyncio.shield(self._probe)
+        except TimeoutError:
+            return f"GitLab did not answer GET /version within {self.wait:g} s"
+
+    async def _run(self) -> str | None:
+        try:
+            await self.probe_client.get("/version")
+            problem = None
+        except GitLabError as exc:
+            problem = describe_gitlab_problem(exc)
+        except Exception as exc:  # never let a probe crash: say what happened
+            problem = f"GitLab could not be probed: {type(exc).__name__}"
+        self._problem = problem
+        self._probe = None
+        return problem
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+
+
+READINESS = web.AppKey("readiness", GitLabReadiness)
+
+
+def describe_gitlab_problem(exc: GitLabError) -> str:
+    """/readyz's words for a failed GitLab call: a rejected token is not an outage."""
+    if exc.status == 401:
+        return (
+            "GitLab rejects the token (401 on GET /version): GITLAB_TOKEN is wrong, expired "
+            "or revoked"
+        )
+    if exc.status is None:
+        return f"GitLab is unreachable: {exc.message}"
+    return f"GitLab is unreachable: it answers {exc.status} ({exc.message})"
 
 
 async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -56,11 +133,16 @@ async def _gitlab_ctx(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         gitlab = GitLab.from_settings(session, settings, on_response=app[METRICS].gitlab_response)
         app[GITLAB] = gitlab
+        probe_client = GitLab.from_settings(
+            session, settings, max_attempts=1, on_response=app[METRICS].gitlab_response
+        )
+        app[READINESS] = readiness = GitLabReadiness(gitlab, probe_client)
         if await gitlab.detect_version() is None:
             app[VERSION_RETRY] = asyncio.create_task(_retry_version(app, gitlab))
         check = asyncio.create_task(_warn_unreadable_references(gitlab, app[POLICIES]))
         yield
         check.cancel()
+        await readiness.close()
         task = app.get(VERSION_RETRY)
         if task is not None:
             task.cancel()
@@ -102,6 +184,7 @@ async def _record_ctx(app: web.Application) -> AsyncIterator[None]:
         DecisionRecord.open, settings.state_dir, retention_days=settings.record_retention_days
     )
     app[RECORD] = record
+    app[METRICS].watch_record(record)
     yield
     await record.close()
 
@@ -162,7 +245,9 @@ async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
         app[QUEUE],
         configured=settings.projects,
         remembered=app[RECORD].known_projects,
+        unconfirmed=app[RECORD].unconfirmed_projects,
         forget=app[RECORD].forget_project,
+        drop_unconfirmed=app[RECORD].drop_unconfirmed,
         budget=settings.sweep_budget,
         on_finished=lambda report: app[METRICS].sweep_finished(
             report.duration, report.repaired, report.tampered
@@ -200,7 +285,7 @@ async def _policy_watch_ctx(app: web.Application) -> AsyncIterator[None]:
     hup = False
     if settings.handle_signals:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGHUP, store.reload)
+            loop.add_signal_handler(signal.SIGHUP, store.request_reload)
             hup = True
     yield
     if hup:
@@ -215,27 +300,50 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when policies are loaded and GitLab answered recently (or answers a probe now)."""
+    """Ready when policies are loaded and GitLab answered recently (see GitLabReadiness)."""
     store = request.app[POLICIES]
     gitlab = request.app.get(GITLAB)
+    readiness = request.app.get(READINESS)
     problems = []
     if not store.loaded:
         problems.append("policies are not loaded")
-    if gitlab is None:
+    if gitlab is None or readiness is None:
         problems.append("GitLab client not started")
-    elif time.monotonic() - gitlab.last_contact > READY_PROBE_AGE:
-        try:
-            async with asyncio.timeout(3):
-                await gitlab.get("/version")
-        except (GitLabError, TimeoutError) as exc:
-            problems.append(f"GitLab is unreachable: {exc}")
-    body: dict[str, Any] = {
-        "status": "ready" if not problems else "not ready",
-        "policies": len(store.current),
-    }
+    else:
+        gitlab_problem = await readiness.problem()
+        if gitlab_problem is not None:
+            problems.append(gitlab_problem)
+    # Degraded, not unready: the bot still decides correctly, and an unready instance gets no
+    # deliveries at all (GitLab disables a hook after 4 failures). Said here, in /metrics and
+    # in the logs.
+    warnings: list[str] = []
+    extra: dict[str, Any] = {}
+    if store.broken_since is not None:
+        since = _iso(store.broken_since)
+        warnings.append(
+            f"the policy files on disk are broken since {since}; serving the last good set "
+            f"(digest {store.current.digest[:12]})"
+        )
+        extra["policies_on_disk"] = {"broken_since": since, "problems": store.problems}
+    record = request.app.get(RECORD)
+    if record is not None and record.failing_since is not None:
+        warnings.append(
+            f"the decision record fails since {_iso(record.failing_since)}: {record.last_error} "
+            "(verdicts are still posted; decisions are not recorded)"
+        )
+        extra["record"] = {"failing_since": _iso(record.failing_since), "errors": record.errors}
+    status = "not ready" if problems else "degraded" if warnings else "ready"
+    body: dict[str, Any] = {"status": status, "policies": len(store.current)}
     if problems:
         body["problems"] = problems
+    if warnings:
+        body["warnings"] = warnings
+    body.update(extra)
     return web.json_response(body, status=200 if not problems else 503)
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -249,20 +357,32 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
     if store is None:
         store = PolicyStore(settings.policy_dir)
         store.load()
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    # GitLab never compresses a delivery, so the server never inflates a body: a compressed one
+    # is refused by the webhook handler (415) and never expanded, not even to be drained.
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, handler_args={"auto_decompress": False}
+    )
     app[SETTINGS] = settings
     app[POLICIES] = store
     app[METRICS] = metrics = Metrics()
+    metrics.watch_policies(store)
 
     def submit(key: MRKey | BranchKey, hint: Hint) -> bool:
         record = app.get(RECORD)
-        if record is not None and hint.project_path:
-            # Before any evaluation: a kill -9 right after this delivery still leaves the project
-            # known to the next start-up sweep.
-            record.remember_project(key.project_id, hint.project_path)
+        if record is not None:
+            # Before any evaluation, so a kill -9 right after this delivery still leaves the
+            # project to the next start-up sweep; but only as an unconfirmed id (bounded, no
+            # path: a delivery may be forged) until GitLab confirms it.
+            record.remember_delivered(key.project_id)
         queue = app.get(QUEUE)
         return queue.submit(key, hint) if queue is not None else False
 
+    interpreter = OffLoopInterpreter()  # large bodies are parsed in a helper process
+
+    async def stop_interpreter(app: web.Application) -> None:
+        await asyncio.to_thread(interpreter.close)
+
+    app.on_cleanup.append(stop_interpreter)
     app.router.add_post(
         "/webhook",
         make_webhook_handler(
@@ -271,6 +391,7 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
             submit=submit,
             on_delivery=metrics.delivery,
             max_body_bytes=settings.max_body_bytes,
+            interpreter=interpreter,
         ),
     )
     app.router.add_route("*", "/webhook", webhook_method_not_allowed)

@@ -79,26 +79,51 @@ def _read_token(env: Mapping[str, str]) -> str:
     )
 
 
+def _masked(url: str) -> str:
+    """The URL as an error message may show it: any user:password@ replaced by `***@`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
+def _checked_url(name: str, url: str) -> str:
+    """An http(s) URL without credentials. A user name or password in it is refused rather
+    than supported: GitLab's API authenticates with GITLAB_TOKEN only (aiohttp refuses to send
+    both, so every request would fail), and a URL is logged and shown (PUBLIC_URL goes into MR
+    notes), so a password in it would end up in logs and notes."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{name} {_masked(url)!r} is not an http(s) URL")
+    if "@" in parsed.netloc:
+        raise ConfigError(
+            f"{name} must not contain a user name or password (it is {_masked(url)!r}): "
+            + (
+                "GitLab's API is authenticated by GITLAB_TOKEN alone"
+                if name == "GITLAB_URL"
+                else "it is shown in logs and MR notes"
+            )
+        )
+    return url
+
+
 def _gitlab_url(env: Mapping[str, str]) -> str:
     url = env.get("GITLAB_URL", "").strip().rstrip("/")
     if not url:
         raise ConfigError(
             "GITLAB_URL is not set: give the base URL, e.g. https://gitlab.example.com"
         )
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"GITLAB_URL {url!r} is not an http(s) URL")
-    return url
+    return _checked_url("GITLAB_URL", url)
 
 
 def _public_url(env: Mapping[str, str]) -> str | None:
     url = env.get("PUBLIC_URL", "").strip().rstrip("/")
     if not url:
         return None
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"PUBLIC_URL {url!r} is not an http(s) URL")
-    return url
+    return _checked_url("PUBLIC_URL", url)
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:

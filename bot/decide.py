@@ -452,8 +452,8 @@ class Evaluator:
         if last is None and self.last_posted is not None:
             try:
                 last = await self.last_posted(key, check)
-            except Exception:
-                log.exception("decision_record_unreadable")
+            except Exception as exc:  # the record logs its own failure (one line, once)
+                log.debug("decision_record_unreadable", error=f"{type(exc).__name__}: {exc}")
         if last is None or last[0] != sha:
             # Nothing posted for this SHA. A `failed` is no sign of tampering: GitLab 16.6+
             # turns the pending row it stored at MR creation (or on Retry) into `failed`.

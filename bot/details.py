@@ -134,13 +134,18 @@ def _problem(what: str, exc: BaseException) -> str:
 async def build_view(sources: Sources, project_id: int, iid: int) -> dict[str, Any]:
     """Everything the page shows, as plain data (the JSON variant is exactly this)."""
     record = sources.record()
+    record_problems: list[str] = []
     (facts, listed, problems), latest, history = await asyncio.gather(
         _read_gitlab(sources.gitlab(), project_id, iid),
-        record.latest(project_id, iid) if record else _nothing(),
-        record.history(project_id, iid, HISTORY_LIMIT) if record else _nothing(),
+        _rows(record.latest(project_id, iid), record_problems) if record else _nothing(),
+        (
+            _rows(record.history(project_id, iid, HISTORY_LIMIT), record_problems)
+            if record
+            else _nothing()
+        ),
     )
     if record is None:
-        problems.append("the decision record is not open")
+        record_problems.append("the decision record is not open")
     head = facts.sha if facts is not None and facts.sha else None
     policies = sources.policies()
     by_check = {row["check"]: row for row in latest}
@@ -176,6 +181,7 @@ async def build_view(sources: Sources, project_id: int, iid: int) -> dict[str, A
         "web_url": facts.web_url if facts else None,
         "head_sha": head,
         "gitlab_problems": problems,
+        "record_problems": sorted(set(record_problems)),
         "checks": checks,
         "history": [_verdict_row(row, head) for row in history],
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -184,6 +190,15 @@ async def build_view(sources: Sources, project_id: int, iid: int) -> dict[str, A
 
 async def _nothing() -> list[dict[str, Any]]:
     return []
+
+
+async def _rows(read: Any, problems: list[str]) -> list[dict[str, Any]]:
+    """A record read, or nothing and the reason (the page shows what GitLab says regardless)."""
+    try:
+        return await read  # type: ignore[no-any-return]
+    except StateError as exc:
+        problems.append(str(exc))
+        return []
 
 
 def display_tree(outcome: dict[str, Any] | None) -> list[dict[str, Any]]:

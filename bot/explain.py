@@ -27,6 +27,7 @@ from bot.policy import render_verdict
 from bot.policy.model import PolicyLoadError, Verdict
 from bot.policy.registry import listing, plural
 from bot.policy_store import PolicyStore
+from bot.terminal import printable
 
 _REFERENCE = re.compile(r"^(?P<project>[^!\s]+)!(?P<iid>\d+)$")
 _BOLD, _DIM, _RESET = "\033[1m", "\033[2m", "\033[0m"
@@ -198,17 +199,21 @@ async def _explain(
     reading = await read_mr(settings, project, iid, list(policy_set.policies))
     facts = reading.facts
 
+    # Everything from GitLab is made printable before it is coloured (bot/terminal.py); `out`
+    # is a TerminalStream too, for whatever is not coloured.
     def bold(text: str) -> str:
-        return f"{_BOLD}{text}{_RESET}" if color else text
+        return f"{_BOLD}{printable(text)}{_RESET}" if color else printable(text)
 
     def dim(text: str) -> str:
-        return f"{_DIM}{text}{_RESET}" if color else text
+        return f"{_DIM}{printable(text)}{_RESET}" if color else printable(text)
 
     writes = [method for method, _ in reading.requests if method not in ("GET", "HEAD")]
     print(bold(f"{facts.project_path}!{facts.iid}: {facts.title}"), file=out)
     print(
-        f"  {facts.state}, {facts.source_branch} → {facts.target_branch}, "
-        f"head {facts.sha[:12]}, GitLab {reading.version}",
+        printable(
+            f"  {facts.state}, {facts.source_branch} → {facts.target_branch}, "
+            f"head {facts.sha[:12]}, GitLab {reading.version}"
+        ),
         file=out,
     )
     if facts.web_url:
@@ -221,9 +226,9 @@ async def _explain(
         file=out,
     )
     for line in describe_facts(reading):
-        print(f"  {line}", file=out)
+        print(f"  {printable(line)}", file=out)
     for name, advice in sorted(facts.unreadable.items()):
-        print(f"  could not read {name}: {advice}", file=out)
+        print(printable(f"  could not read {name}: {advice}"), file=out)
     shown = {str(c.get("name")): str(c.get("status")) for c in reading.listed or []}
     verdicts = []
     for policy in policy_set.policies:
@@ -237,10 +242,10 @@ async def _explain(
             where = "not a status check of this MR"
         print(f"\n{bold(policy.check)} {dim(f'({policy.path}) — {where}')}", file=out)
         print(render_verdict(verdict, color=color), file=out)
-    print(f"\n{summary(verdicts)}", file=out)
+    print(f"\n{printable(summary(verdicts))}", file=out)
     unmatched = sorted(set(shown) - set(policy_set.by_check))
     if unmatched:
-        print(f"status checks with no policy here: {', '.join(unmatched)}", file=out)
+        print(printable(f"status checks with no policy here: {', '.join(unmatched)}"), file=out)
     return 0
 
 
@@ -249,17 +254,17 @@ def explain(settings: Settings, reference: str, *, color: bool, out: TextIO = sy
     try:
         project, iid = parse_reference(reference)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_explain(settings, project, iid, out, color))
     except PolicyLoadError as exc:
         for problem in exc.problems:
-            print(f"error: invalid policy: {problem}", file=sys.stderr)
+            print(f"error: invalid policy: {printable(problem)}", file=sys.stderr)
         return 1
     except (ExplainError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 1
     except GitLabError as exc:
-        print(f"error: {exc.advice()} ({exc.path})", file=sys.stderr)
+        print(f"error: {printable(exc.advice())} ({printable(exc.path)})", file=sys.stderr)
         return 1

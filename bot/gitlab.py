@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import gidgetlab.aiohttp
 from gidgetlab import exceptions as gl_exc
+from gidgetlab import sansio
 
 from bot.logs import get_logger
 
@@ -301,6 +302,104 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
             return status, resp_headers, data
 
 
+MAX_PAGES = 500  # 50,000 items at 100 a page: far past any MR's diffs, notes or a big group
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port made explicit."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port
+
+
+class _Pages:
+    """Every page of a GitLab list, read from GitLab only: the one adapter below gidgetlab's
+    public calls (it sends through our `_HardenedAPI._request` and deciphers with gidgetlab's
+    public `sansio`, so retries, timeouts and pacing apply to every page).
+
+    The next page is built from `X-Next-Page` on GitLab's own base URL. Only without that header
+    is `Link: rel="next"` used, and only when it has GitLab's scheme, host and port and stays
+    under its API path: a proxy's `http://` link, or a hostile one, never gets the token. A next
+    page that does not advance is a loop; more than `max_pages` pages is refused
+    (`pagination_capped`). Both are errors rather than a short list: a list cut short could let
+    a check pass on missing data (DESIGN principle 8)."""
+
+    def __init__(self, api: _HardenedAPI, max_pages: int) -> None:
+        self.api = api
+        self.max_pages = max_pages
+
+    def _refuse(self, path: str, message: str) -> GitLabError:
+        # Status 200: GitLab answered, but the list cannot be read; not transient, not retried.
+        return GitLabError(200, message, path=path)
+
+    def _next_url(
+        self,
+        path: str,
+        params: dict[str, Any],
+        page: int,
+        headers: Mapping[str, str],
+        link: str | None,
+    ) -> tuple[str, int] | None:
+        next_page = headers.get("x-next-page")
+        if next_page is not None:
+            next_page = next_page.strip()
+            if not next_page:
+                return None
+            if not next_page.isdigit() or int(next_page) <= page:
+                raise self._refuse(
+                    path, f"GitLab's X-Next-Page {next_page[:20]!r} does not advance past {page}"
+                )
+            number = int(next_page)
+            return self.api.format_url(path, {**params, "page": number}), number
+        if link is None:
+            return None
+        api = urlsplit(self.api.api_url)
+        target = urlsplit(link)
+        if _origin(link) != _origin(self.api.api_url) or not target.path.startswith(api.path):
+            log.warning(
+                "pagination_link_refused",
+                path=path,
+                link=f"{target.scheme}://{target.netloc}{target.path}"[:200],
+                gitlab=f"{api.scheme}://{api.netloc}",
+            )
+            raise self._refuse(
+                path,
+                f"GitLab's next-page link points to {target.scheme}://{target.netloc[:100]}, "
+                f"not to GITLAB_URL's {api.scheme}://{api.netloc}: not followed (the token "
+                "goes to GITLAB_URL only); set GITLAB_URL to GitLab's external URL",
+            )
+        return link, page + 1
+
+    async def all(self, path: str, params: dict[str, Any]) -> list[Any]:
+        url = self.api.format_url(path, params)
+        seen = {url}
+        items: list[Any] = []
+        page = 1
+        for _ in range(self.max_pages):
+            headers = sansio.create_headers(self.api.requester, access_token=self.api.access_token)
+            headers["content-length"] = "0"  # as gidgetlab's own GETs
+            status, answer_headers, body = await self.api._request("GET", url, headers)
+            data, _rate, link = sansio.decipher_response(status, answer_headers, body)
+            if not isinstance(data, list):
+                raise self._refuse(path, f"expected a list, got {type(data).__name__}")
+            items.extend(data)
+            following = self._next_url(path, params, page, answer_headers, link)
+            if following is None:
+                return items
+            url, page = following
+            if url in seen:
+                raise self._refuse(path, f"GitLab's next page does not advance (page {page})")
+            seen.add(url)
+        log.warning("pagination_capped", path=path, pages=self.max_pages, items=len(items))
+        raise self._refuse(
+            path, f"the list has more than {self.max_pages} pages; not read to the end"
+        )
+
+
 def _backoff(attempt: int) -> float:
     """Capped exponential backoff with full jitter, so many workers do not retry in step."""
     return random.uniform(0, min(8.0, 0.25 * 2**attempt))
@@ -352,6 +451,7 @@ class GitLab:
         max_attempts: int = 4,
         on_response: Callable[[str, str, int | None, Mapping[str, str]], None] | None = None,
         rate_limit: float = 0.0,
+        max_pages: int = MAX_PAGES,
     ) -> None:
         self.api = _HardenedAPI(
             session,
@@ -363,6 +463,7 @@ class GitLab:
             on_response=on_response,
             budget=RequestBudget(rate_limit) if rate_limit > 0 else None,
         )
+        self._pages = _Pages(self.api, max_pages)
         self.detected_version: Version | None = None
         # Whether GitLab can show a failed check (15.0+), as evaluations found out while the
         # version was unknown (see learn_reports_failures); the detected version wins.
@@ -418,21 +519,10 @@ class GitLab:
         return await self._call(self.api.getitem(path, params or {}), path)
 
     async def get_all(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
-        """Every item of a paginated list. Never pass `page`: gidgetlab would loop forever."""
+        """Every item of a paginated list, read from GitLab only (see `_Pages`)."""
         params = {"per_page": 100, **(params or {})}
         params.pop("page", None)
-
-        async def collect() -> list[Any]:
-            # gidgetlab's getiter, without an async generator step per item: each page is one
-            # request, and the next one is GitLab's `Link: rel=next` URL, as getiter follows it.
-            items, more = await self.api._make_request("GET", path, params, b"")
-            items = list(items)
-            while more:
-                page, more = await self.api._make_request("GET", more, params, b"")
-                items.extend(page)
-            return items
-
-        return await self._call(collect(), path)
+        return await self._call(self._pages.all(path, params), path)
 
     async def post(self, path: str, data: Any) -> Any:
         return await self._call(self.api.post(path, data=data), path)

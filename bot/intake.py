@@ -5,7 +5,8 @@ Every GitLab delivery lands on one URL: project, group and system webhooks (`X-G
 the body, maybe no Content-Type, maybe `X-Gitlab-Signature`). Each concern has its own gidgetlab
 router; a callback only turns the payload into MR keys. Answers: 202 queued, 200 valid but
 ignored (or a duplicate), 400 malformed, 401 bad token or signature, 405 not a POST, 413 too
-large, 503 shutting down. No GitLab call is made here.
+large, 415 compressed (GitLab never compresses), 503 shutting down. No GitLab call is made here.
+A refusal that leaves part of the body unread closes the connection instead of draining it.
 
 The sender is not trusted: every field a router reads is type-checked and a wrong one is a 400
 that names it; nothing from the payload is rendered recursively (a deeply nested value must not
@@ -17,11 +18,14 @@ never as a 500.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import hmac
 import json
+import multiprocessing
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +51,12 @@ LOGGED_BODY_BYTES = 120
 BODY_TIMEOUT = 30.0  # GitLab sends the whole body at once; a stalled one is a broken sender
 DEDUPE_MAX_KEYS = 10_000
 DEDUPE_TTL = 3600.0
+# Bodies larger than this are parsed in a helper process: json.loads holds the GIL (a thread
+# would not help), and a 10 MB body of many small keys takes ~0.7 s to parse. GitLab's own
+# payloads can be that large (an MR description may have 1,048,576 characters, and a Merge
+# Request Hook carries it up to three times), so a lower MAX_BODY_BYTES is no cure. Parsing
+# 256 kB takes under 20 ms even in the worst shape; GitLab's usual deliveries are 2-30 kB.
+LARGE_BODY_BYTES = 256 * 1024
 
 
 class PayloadError(Exception):
@@ -361,6 +371,69 @@ async def _interpret(body: bytes, kind: str, *, status_check: bool) -> Delivery:
     return delivery
 
 
+def interpret_in_worker(body: bytes, kind: str, status_check: bool) -> tuple[str, Any]:
+    """`_interpret` in the helper process: ("ok", Delivery), ("invalid", why) for a PayloadError,
+    ("unreadable", what) for anything else (the sender's payload still: answered 400)."""
+    try:
+        return "ok", asyncio.run(_interpret(body, kind, status_check=status_check))
+    except PayloadError as exc:
+        return "invalid", str(exc)
+    except Exception as exc:
+        return "unreadable", f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+class OffLoopInterpreter:
+    """Parses and classifies large bodies in one helper process, started on first use (most
+    installations never receive a body over LARGE_BODY_BYTES), so no delivery blocks the event
+    loop for its parse. Only the body goes there and only the few MR keys come back.
+
+    A helper that dies (killed, out of memory) is replaced once per delivery; a body that kills
+    two in a row is refused as unreadable."""
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: never fork a process that runs threads (the record's writer, the loop's).
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
+
+    async def interpret(self, body: bytes, kind: str, *, status_check: bool) -> Delivery:
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            pool = self._executor()
+            try:
+                outcome, value = await loop.run_in_executor(
+                    pool, interpret_in_worker, body, kind, status_check
+                )
+            except BrokenProcessPool:
+                log.error("body_parser_died", attempt=attempt, body_bytes=len(body))
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+                if attempt == 2:
+                    raise PayloadError("the delivery could not be interpreted") from None
+                continue
+            if outcome == "ok":
+                return value  # type: ignore[no-any-return]
+            if outcome == "invalid":
+                raise PayloadError(value)
+            raise _Unreadable(value)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Stop the helper process (if one was started); idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Unreadable(Exception):
+    """The helper process met an error no check foresaw (the message names it)."""
+
+
 def _same_secret(given: str | None, expected: str) -> bool:
     # Header values are decoded with surrogateescape: encode them back the same way.
     return given is not None and hmac.compare_digest(
@@ -407,11 +480,14 @@ async def webhook_method_not_allowed(request: web.Request) -> web.Response:
         remote=request.remote,
         **_logged_ids(request.headers),
     )
-    return web.json_response(
+    response = web.json_response(
         {"error": f"method {method} is not allowed: GitLab delivers with POST"},
         status=405,
         headers={"Allow": "POST"},
     )
+    if not request.content.is_eof():
+        await _answer_and_hang_up(request, response)
+    return response
 
 
 class _Refused(Exception):
@@ -448,6 +524,24 @@ async def _read_body(request: web.Request, max_bytes: int | None) -> bytes:
         raise _Refused(400, "malformed", message, close=True) from None
 
 
+def _check_encoding(request: web.BaseRequest) -> None:
+    """GitLab never compresses a delivery: any Content-Encoding but identity is refused before a
+    byte of the body is read (aiohttp would inflate it, on the event loop, even to drain it)."""
+    encodings = [
+        part.strip().lower()
+        for value in request.headers.getall("Content-Encoding", ())
+        for part in value.split(",")
+    ]
+    refused = [e for e in encodings if e not in ("", "identity")]
+    if refused:
+        shown = ", ".join(e[:LOGGED_HEADER_CHARS] for e in refused[:3])
+        raise _Refused(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {shown} is not accepted: GitLab sends deliveries uncompressed",
+        )
+
+
 def _check_token(headers: Mapping[str, str], secret: str) -> None:
     token = headers.get("X-Gitlab-Token")
     if not _same_secret(token, secret):
@@ -462,6 +556,18 @@ def _check_signature(headers: Mapping[str, str], secret: str, body: bytes) -> No
         raise _Refused(401, "unauthorized", f"{reason} X-Gitlab-Signature")
 
 
+async def _answer_and_hang_up(request: web.Request, response: web.Response) -> None:
+    """Send a refusal, then close the connection without reading the rest of the body.
+
+    aiohttp would otherwise read (and inflate, when compressed) whatever the sender still sends,
+    for up to 10 s, before the connection could serve anything else. The answer is written out
+    first (`Connection: close`); closing the transport flushes it, then stops reading."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+
+
 def make_webhook_handler(
     *,
     webhook_secret: str | None,
@@ -471,14 +577,17 @@ def make_webhook_handler(
     max_body_bytes: int | None = None,
     body_timeout: float = BODY_TIMEOUT,
     deliveries: DeliveryMemory | None = None,
+    interpreter: OffLoopInterpreter | None = None,
 ) -> Callable[[web.Request], Any]:
     """Build the POST /webhook handler around the secrets and the queue's submit.
 
     `max_body_bytes` should be the app's client_max_size: a declared Content-Length above it is
     refused before reading (aiohttp itself stops a chunked or compressed body at that size).
     `deliveries` remembers accepted webhook ids (a fresh bounded memory by default).
+    `interpreter` parses bodies over LARGE_BODY_BYTES off the event loop (its owner closes it).
     """
     seen = deliveries if deliveries is not None else DeliveryMemory()
+    off_loop = interpreter if interpreter is not None else OffLoopInterpreter()
 
     def counted(kind: str, outcome: str, response: web.Response) -> web.Response:
         if on_delivery is not None:
@@ -489,6 +598,7 @@ def make_webhook_handler(
         request: web.Request, kind: str, status_check: bool, context: dict[str, Any]
     ) -> Delivery:
         """Authenticate, read and interpret, or raise _Refused."""
+        _check_encoding(request)
         # A webhook's token is checked before its body is read; a status check signs its body.
         if not status_check and webhook_secret is not None:
             _check_token(request.headers, webhook_secret)
@@ -503,12 +613,24 @@ def make_webhook_handler(
             except TimeoutError:
                 message = f"body not received in {body_timeout:g} s"
                 raise _Refused(400, "malformed", message, close=True) from None
+        large = len(body) > LARGE_BODY_BYTES
         if status_check and status_check_secret is not None:
-            _check_signature(request.headers, status_check_secret, body)
+            if large:  # hashlib lets go of the GIL for big inputs: a thread frees the loop
+                await asyncio.to_thread(
+                    _check_signature, request.headers, status_check_secret, body
+                )
+            else:
+                _check_signature(request.headers, status_check_secret, body)
         try:
+            if large:
+                return await off_loop.interpret(body, kind, status_check=status_check)
             return await _interpret(body, kind, status_check=status_check)
         except PayloadError as exc:
             raise _Refused(400, "malformed", str(exc), **_excerpt(body)) from None
+        except _Unreadable as exc:
+            log.error("delivery_unreadable", error=str(exc), **context, **_excerpt(body))
+            message = "the delivery could not be interpreted as a GitLab payload"
+            raise _Refused(400, "malformed", message, **_excerpt(body)) from None
         except Exception:
             # A shape no check foresaw: still the sender's payload, so a 400 (and a bug to fix).
             log.exception("delivery_unreadable", **context, **_excerpt(body))
@@ -528,9 +650,10 @@ def make_webhook_handler(
             delivery = await verified_delivery(request, kind, not event_name, context)
         except _Refused as refused:
             response = _reject(refused.status, refused.message, **context, **refused.log_fields)
-            if refused.close:
-                response.force_close()
-            return counted(kind, refused.outcome, response)
+            counted(kind, refused.outcome, response)
+            if refused.close or not request.content.is_eof():
+                await _answer_and_hang_up(request, response)
+            return response
         if not delivery.work:
             reason = delivery.ignored or f"event {kind[:60]!r} is not one the bot acts on"
             log.info("delivery_ignored", reason=reason, **context)

@@ -125,7 +125,8 @@ class Metrics:
         self.deliveries = Counter(
             f"{PREFIX}_deliveries",
             "Deliveries to POST /webhook by GitLab event kind and outcome "
-            "(queued, ignored, malformed, unauthorized, unavailable).",
+            "(queued, ignored, duplicate, malformed, unauthorized, too_large, "
+            "unsupported_encoding, unavailable).",
             ["kind", "outcome"],
             registry=registry,
         )
@@ -191,6 +192,43 @@ class Metrics:
             ["action"],
             registry=registry,
         )
+        self.policies_loaded = Gauge(
+            f"{PREFIX}_policies",
+            "Policies in the set being served.",
+            registry=registry,
+        )
+        self.policies_broken = Gauge(
+            f"{PREFIX}_policies_broken",
+            "1 while the policy files on disk do not load (the last good set serves), else 0.",
+            registry=registry,
+        )
+        self.policies_broken_since = Gauge(
+            f"{PREFIX}_policies_broken_since_seconds",
+            "Unix time since when the policy files on disk do not load (0 while they do).",
+            registry=registry,
+        )
+        self.policy_reloads = Counter(
+            f"{PREFIX}_policy_reloads",
+            "Policy reloads by outcome (loaded, unchanged, failed, slow).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.record_failing = Gauge(
+            f"{PREFIX}_record_failing",
+            "1 while the decision record's database fails (replaced, damaged, disk full), else 0.",
+            registry=registry,
+        )
+        self.record_failing_since = Gauge(
+            f"{PREFIX}_record_failing_since_seconds",
+            "Unix time since when the decision record fails (0 while it works).",
+            registry=registry,
+        )
+        self.record_errors = Counter(
+            f"{PREFIX}_record_errors",
+            "Failed reads and write transactions of the decision record, by op (read, write).",
+            ["op"],
+            registry=registry,
+        )
         self._endpoints: set[str] = set()
         self._children: dict[tuple[Any, ...], Any] = {}
         for kind in ("repaired", "tampered"):
@@ -212,6 +250,24 @@ class Metrics:
         self.queue_depth.set_function(depth)
         self.queue_running.set_function(running)
         self.queue_scheduled.set_function(scheduled)
+
+    def watch_record(self, record: Any) -> None:
+        """Read the decision record's health (bot.record.DecisionRecord) at scrape time, and
+        count its errors as they happen (from its writer thread too: counters are thread-safe).
+        """
+        self.record_failing.set_function(lambda: 0 if record.failing_since is None else 1)
+        self.record_failing_since.set_function(lambda: record.failing_since or 0)
+        for op in ("read", "write"):
+            self.record_errors.labels(op=op)
+        record.on_error = lambda op: self.record_errors.labels(op=op).inc()
+
+    def watch_policies(self, store: Any) -> None:
+        """Read the policy store (bot.policy_store.PolicyStore) at scrape time, and count its
+        reloads."""
+        self.policies_loaded.set_function(lambda: len(store.current))
+        self.policies_broken.set_function(lambda: 0 if store.broken_since is None else 1)
+        self.policies_broken_since.set_function(lambda: store.broken_since or 0)
+        store.on_reload = lambda outcome: self._child(self.policy_reloads, outcome).inc()
 
     def evaluation_finished(self, seconds: float, outcome: str = "ok") -> None:
         self._child(self.evaluation_seconds, outcome).observe(seconds)

@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import json
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.logs import get_logger
+from bot.terminal import printable
 
 if TYPE_CHECKING:
     from bot.decide import Decision
@@ -87,6 +90,10 @@ CREATE TABLE IF NOT EXISTS projects (
     path TEXT NOT NULL,
     last_seen REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS unconfirmed_projects (
+    project_id INTEGER PRIMARY KEY,
+    last_seen REAL NOT NULL
+);
 """
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS decisions_mr ON decisions (project_id, iid, id);
@@ -109,6 +116,24 @@ _TOUCH_LATEST = (
 _UPSERT_PROJECT = (
     "INSERT INTO projects (project_id, path, last_seen) VALUES (?, ?, ?) "
     "ON CONFLICT (project_id) DO UPDATE SET path = excluded.path, last_seen = excluded.last_seen"
+)
+_UPSERT_UNCONFIRMED = (
+    "INSERT INTO unconfirmed_projects (project_id, last_seen) VALUES (?, ?) "
+    "ON CONFLICT (project_id) DO UPDATE SET last_seen = excluded.last_seen"
+)
+# Projects: those GitLab confirmed (an evaluation read an MR of theirs), with GitLab's path; and
+# ids met only in deliveries, which anyone can forge while STATUS_CHECK_SECRET is unset: kept
+# apart, without a path, bounded, until the sweep asks GitLab about them.
+MAX_KNOWN_PROJECTS = 10_000
+MAX_UNCONFIRMED_PROJECTS = 1_000
+_TRIM_EVERY = 64  # inserts between trims of a projects table to its bound
+_TRIM_PROJECTS = (
+    "DELETE FROM projects WHERE project_id NOT IN "
+    "(SELECT project_id FROM projects ORDER BY last_seen DESC LIMIT ?)"
+)
+_TRIM_UNCONFIRMED = (
+    "DELETE FROM unconfirmed_projects WHERE project_id NOT IN "
+    "(SELECT project_id FROM unconfirmed_projects ORDER BY last_seen DESC LIMIT ?)"
 )
 
 
@@ -135,30 +160,44 @@ class StateError(Exception):
     """STATE_DIR or its database cannot be used; the message is the one line the operator sees."""
 
 
+def _storable(value: Any) -> Any:
+    """Text SQLite can store: a lone surrogate (a hostile MR title can carry one) would make the
+    whole transaction fail, so it is kept as its escape (`\\ud800`)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def decision_values(decision: Decision) -> tuple[Any, ...]:
     """One decision as a row (in `_VERDICT_COLUMNS` order); the outcome tree becomes JSON."""
     verdict = decision.verdict
     outcome = verdict.outcome.to_dict() if verdict.outcome is not None else None
-    return (
-        decision.at.timestamp(),
-        decision.key.project_id,
-        decision.project_path,
-        decision.key.iid,
-        decision.sha,
-        decision.check,
-        decision.check_id,
-        verdict.status,
-        int(verdict.applicable),
-        int(verdict.advisory),
-        decision.action,
-        decision.gitlab_status,
-        decision.trigger,
-        decision.policy.path,
-        decision.policy.digest,
-        verdict.reason,
-        json.dumps(outcome, ensure_ascii=False, separators=(",", ":")),
-        verdict.wake_at.isoformat() if verdict.wake_at else None,
-        int(decision.tampered),
+    return tuple(
+        _storable(value)
+        for value in (
+            decision.at.timestamp(),
+            decision.key.project_id,
+            decision.project_path,
+            decision.key.iid,
+            decision.sha,
+            decision.check,
+            decision.check_id,
+            verdict.status,
+            int(verdict.applicable),
+            int(verdict.advisory),
+            decision.action,
+            decision.gitlab_status,
+            decision.trigger,
+            decision.policy.path,
+            decision.policy.digest,
+            verdict.reason,
+            json.dumps(outcome, ensure_ascii=False, separators=(",", ":")),
+            verdict.wake_at.isoformat() if verdict.wake_at else None,
+            int(decision.tampered),
+        )
     )
 
 
@@ -308,6 +347,30 @@ def _describe(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
+def _disk_full(folder: Path, exc: BaseException | None = None) -> bool:
+    """The error is a full disk, or the folder's filesystem has (next to) no space left: SQLite
+    then reports all sorts of things ("disk I/O error", "cannot rollback")."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if exc is not None and "disk is full" in str(exc):
+        return True
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free < 64 * 1024
+    except OSError:
+        return False
+
+
+def _advice(message: str, path: Path) -> str:
+    if "not a database" in message or "malformed" in message:
+        return f"{path} was replaced or damaged: move it aside and restart to start a new record"
+    if "disk is full" in message or _disk_full(path.parent):
+        return f"disk full: free space on the filesystem of {path.parent}"
+    return f"check {path} and its folder (permissions, space, the volume)"
+
+
 class DecisionRecord:
     """The record of one STATE_DIR. Open it with `DecisionRecord.open(state_dir)`."""
 
@@ -325,8 +388,17 @@ class DecisionRecord:
         self._writer = writer
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
-        self._seen: dict[int, tuple[str, float]] = {}
+        self._seen: dict[int, tuple[str, float]] = {}  # confirmed: id -> (path, written at)
+        self._delivered: dict[int, float] = {}  # unconfirmed ids written lately (bounded)
+        self._inserts = 0
         self._latest = _LatestRows()  # the writer thread's own
+        # Failures of the database while running (a replaced or damaged file, a full disk):
+        # logged once when they start (`record_failed`) and once when they end; counted.
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self.errors: dict[str, int] = {"read": 0, "write": 0}
+        self.on_error: Callable[[str], None] | None = None  # op: read/write (metrics)
+        self._state_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         if writer is not None:
             self._thread = threading.Thread(
@@ -365,8 +437,9 @@ class DecisionRecord:
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            full = "disk full: " if _disk_full(state_dir, exc) else ""
             raise StateError(
-                f"STATE_DIR {str(state_dir)!r} cannot be created: {_describe(exc)}"
+                f"STATE_DIR {str(state_dir)!r} cannot be created: {full}{_describe(exc)}"
             ) from None
         writer = None
         try:
@@ -377,6 +450,12 @@ class DecisionRecord:
             if writer is not None:
                 writer.close()
             message = _describe(exc)
+            if _disk_full(state_dir, exc):
+                raise StateError(
+                    f"{str(path)!r} cannot be written: disk full "
+                    f"({shutil.disk_usage(state_dir).free} bytes free on STATE_DIR's "
+                    f"filesystem; SQLite said: {message}): free some space and start again"
+                ) from None
             if "not a database" in message or "malformed" in message:
                 raise StateError(
                     f"{str(path)!r} is not a usable SQLite database ({message}): "
@@ -409,7 +488,10 @@ class DecisionRecord:
             pruned = DecisionRecord._prune(conn, retention_days)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does): the error that matters
+            # is the first one, not "cannot rollback - no transaction is active".
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
         if pruned:
             log.info("record_pruned", rows=pruned, retention_days=retention_days)
@@ -474,7 +556,7 @@ class DecisionRecord:
             linger = linger and isinstance(item, _DecisionWrite) and item.lingers
         return batch
 
-    def _commit(self, conn: sqlite3.Connection, writes: list[_Write]) -> None:
+    def _transaction(self, conn: sqlite3.Connection, writes: list[_Write]) -> Exception | None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for write in writes:
@@ -484,11 +566,65 @@ class DecisionRecord:
                     conn.execute(*write)
             conn.execute("COMMIT")
             self._latest.commit()
+            return None
         except Exception as exc:  # a full disk must not kill the writer thread
             self._latest.rollback()
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            log.error("record_write_failed", error=str(exc), lost=len(writes), path=str(self.path))
+            return exc
+
+    def _commit(self, conn: sqlite3.Connection, writes: list[_Write]) -> None:
+        """Commit the writes together; if that fails, one by one, so one bad write costs only
+        itself. Failures are counted and reported (`_failed`), never raised."""
+        error = self._transaction(conn, writes)
+        if error is None:
+            self._succeeded()
+            return
+        lost = len(writes)
+        if len(writes) > 1:
+            lost = 0
+            for write in writes:
+                failed = self._transaction(conn, [write])
+                if failed is not None:
+                    lost += 1
+                    error = failed
+        if lost:
+            self._failed("write", error, lost=lost)
+        else:
+            self._succeeded()
+
+    def _failed(self, op: str, exc: BaseException, *, lost: int = 0) -> None:
+        """A read or write failed: count it; log it once when the record starts failing."""
+        message = _describe(exc)
+        with self._state_lock:
+            self.errors[op] = self.errors.get(op, 0) + 1
+            first = self.failing_since is None
+            if first:
+                self.failing_since = time.time()
+            self.last_error = message
+        if self.on_error is not None:
+            self.on_error(op)
+        if first:
+            log.error(
+                "record_failed",
+                op=op,
+                error=message,
+                lost=lost,
+                path=str(self.path),
+                effect="verdicts are still posted; decisions are not recorded and history cannot "
+                "be shown until the database works again",
+                advice=_advice(message, self.path),
+            )
+        else:
+            log.debug("record_failed_again", op=op, error=message, lost=lost)
+
+    def _succeeded(self) -> None:
+        if self.failing_since is None:
+            return
+        with self._state_lock:
+            since, self.failing_since = self.failing_since, None
+        if since is not None:
+            log.info("record_recovered", failed_for=round(time.time() - since, 1))
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -497,24 +633,59 @@ class DecisionRecord:
         it, and the MR's latest verdict for that check whatever the action."""
         self._enqueue(_DecisionWrite(decision, self._latest))
 
-    def remember_project(self, project_id: int, path: str) -> None:
-        """Remember a project the bot works for (the sweep covers it after a restart).
+    def _trim(self, sql: str, bound: int) -> None:
+        """Every _TRIM_EVERY inserts, cut a table to `bound - _TRIM_EVERY` rows (the newest),
+        so it never holds more than `bound`."""
+        self._inserts += 1
+        if self._inserts % _TRIM_EVERY == 0:
+            self._enqueue((sql, (bound - _TRIM_EVERY,)))
 
-        Called on every accepted delivery and every evaluation (synchronous: it only queues);
-        written when new, renamed, or not written for an hour.
-        """
+    def remember_project(self, project_id: int, path: str) -> None:
+        """Remember a project GitLab confirmed (an evaluation read one of its MRs; `path` is
+        GitLab's): the sweep covers it after a restart. Synchronous (it only queues); written
+        when new, renamed, or not written for an hour."""
         now = time.time()
         seen = self._seen.get(project_id)
         if seen is not None and seen[0] == path and now - seen[1] < 3600:
             return
+        if len(self._seen) >= MAX_KNOWN_PROJECTS:
+            self._seen.clear()
         self._seen[project_id] = (path, now)
-        self._enqueue((_UPSERT_PROJECT, (project_id, path, now)))
+        self._delivered.pop(project_id, None)
+        self._enqueue((_UPSERT_PROJECT, (project_id, _storable(path), now)))
+        self._enqueue(("DELETE FROM unconfirmed_projects WHERE project_id = ?", (project_id,)))
+        self._trim(_TRIM_PROJECTS, MAX_KNOWN_PROJECTS)
+
+    def remember_delivered(self, project_id: int) -> None:
+        """A project id met in an accepted delivery, before GitLab has said anything about it:
+        kept apart (no path: the payload's is not trusted), at most MAX_UNCONFIRMED_PROJECTS of
+        them (the oldest go), so a kill -9 before its evaluation still leaves it to the next
+        start-up sweep, which asks GitLab (`unconfirmed_projects`)."""
+        now = time.time()
+        confirmed = self._seen.get(project_id)
+        if confirmed is not None and now - confirmed[1] < 3600:
+            return
+        written = self._delivered.get(project_id)
+        if written is not None and now - written < 3600:
+            return
+        if len(self._delivered) >= 2 * MAX_UNCONFIRMED_PROJECTS:
+            self._delivered.clear()
+        self._delivered[project_id] = now
+        self._enqueue((_UPSERT_UNCONFIRMED, (project_id, now)))
+        self._trim(_TRIM_UNCONFIRMED, MAX_UNCONFIRMED_PROJECTS)
 
     def forget_project(self, project_id: int) -> None:
         """Stop covering a project (GitLab says it does not exist, or the token cannot see it):
         a forged or stale id must not cost a request in every sweep forever."""
         self._seen.pop(project_id, None)
+        self._delivered.pop(project_id, None)
         self._enqueue(("DELETE FROM projects WHERE project_id = ?", (project_id,)))
+        self._enqueue(("DELETE FROM unconfirmed_projects WHERE project_id = ?", (project_id,)))
+
+    def drop_unconfirmed(self, project_id: int) -> None:
+        """An id from a delivery that GitLab lists no open MR for: nothing to sweep there."""
+        self._delivered.pop(project_id, None)
+        self._enqueue(("DELETE FROM unconfirmed_projects WHERE project_id = ?", (project_id,)))
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
@@ -526,13 +697,23 @@ class DecisionRecord:
         await marker.future
 
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        """Rows of a read; a database that fails raises StateError (one line, no traceback)."""
         await self.flush()
 
         def run() -> list[sqlite3.Row]:
             with self._read_lock:
                 return self._reader.execute(sql, params).fetchall()
 
-        return await asyncio.to_thread(run)
+        try:
+            rows = await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            raise StateError(
+                f"the decision record cannot be read: {_describe(exc)} ({self.path})"
+            ) from None
+        if self._writer is not None:
+            self._succeeded()
+        return rows
 
     async def last_posted(self, project_id: int, iid: int, check: str) -> tuple[str, str] | None:
         """(sha, verdict) of the newest verdict the bot posted for this check of this MR."""
@@ -544,9 +725,17 @@ class DecisionRecord:
         return (str(rows[0]["sha"]), str(rows[0]["verdict"])) if rows else None
 
     async def known_projects(self) -> list[tuple[int, str]]:
-        """Every project the bot has evaluated, as (id, path), ordered by id."""
+        """Every project GitLab confirmed (the bot evaluated an MR of it), as (id, GitLab's
+        path), ordered by id."""
         rows = await self._read("SELECT project_id, path FROM projects ORDER BY project_id", ())
         return [(int(r["project_id"]), str(r["path"])) for r in rows]
+
+    async def unconfirmed_projects(self) -> list[int]:
+        """Project ids met only in deliveries so far (see `remember_delivered`), by id."""
+        rows = await self._read(
+            "SELECT project_id FROM unconfirmed_projects ORDER BY project_id", ()
+        )
+        return [int(r["project_id"]) for r in rows]
 
     async def history(self, project: int | str, iid: int, limit: int = 50) -> list[dict[str, Any]]:
         """The recorded decisions of one MR, newest first; `project` is an id or a path."""
@@ -582,11 +771,6 @@ class DecisionRecord:
             self._reader.close()
 
 
-def _printable(text: str) -> str:
-    """Evidence quotes MR titles: never let one move the cursor or recolour a terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def history_line(row: dict[str, Any]) -> str:
     """One recorded decision as the `history` command prints it."""
     at = row["at"].replace("+00:00", "Z")
@@ -594,7 +778,8 @@ def history_line(row: dict[str, Any]) -> str:
         f"{row['action']} (over a status set by hand)" if row.get("tampered") else row["action"]
     )
     fields = (at, row["sha"][:8], row["check"], row["verdict"], action, row["reason"])
-    return "  ".join(_printable(str(field)) for field in fields)
+    # Evidence quotes MR titles: never let one move the cursor or recolour a terminal.
+    return "  ".join(printable(field) for field in fields)
 
 
 async def read_history(

@@ -32,7 +32,11 @@ from bot.policy.model import Outcome
 log = get_logger(__name__)
 
 MARKER = "<!-- gitlab-status-bot:sticky-note"
-_MARKER_RE = re.compile(r"<!-- gitlab-status-bot:sticky-note digest=([0-9a-f]+) -->")
+# The note's first line, written by the bot only: what it says and until when its link is
+# valid. Nothing else in a note is parsed: the rest quotes MR authors (titles, paths, labels).
+_MARKER_RE = re.compile(
+    r"<!-- gitlab-status-bot:sticky-note digest=([0-9a-f]+)(?: expires=(\d{1,12}))? -->"
+)
 _EXPIRES_RE = re.compile(r"[?&]expires=(\d+)")
 COMMENTING = ("on_failure", "always")
 MAX_EVIDENCE_CHARS = 300
@@ -136,7 +140,9 @@ def compose(body: str, link: str | None) -> tuple[str, str]:
     points (not its expiry or signature), so a fresh signature alone never edits the note."""
     where = link.split("?", 1)[0] if link else ""
     digest = hashlib.sha256(f"{body}\n{where}".encode()).hexdigest()[:16]
-    parts = [f"{MARKER} digest={digest} -->", body]
+    expires = _link_expiry(link)
+    until = f" expires={int(expires)}" if expires is not None else ""
+    parts = [f"{MARKER} digest={digest}{until} -->", body]
     if link:
         parts += ["", f"[Details: every rule, its evidence and the history]({link})"]
     parts += [
@@ -147,10 +153,18 @@ def compose(body: str, link: str | None) -> tuple[str, str]:
     return "\n".join(parts), digest
 
 
-def _link_expiry(text: str | None) -> float | None:
-    """The `expires` of the signed link in a link or a note body."""
-    match = _EXPIRES_RE.search(text or "")
+def _link_expiry(link: str | None) -> float | None:
+    """The `expires` of a signed link the bot made (never of text from a note: see `_marker`)."""
+    match = _EXPIRES_RE.search(link or "")
     return float(match[1]) if match else None
+
+
+def _marker(body: str) -> tuple[str, float | None] | None:
+    """(digest, link expiry) from the bot's marker, which is the note's whole first line."""
+    match = _MARKER_RE.fullmatch(body.partition("\n")[0].strip())
+    if match is None:
+        return None
+    return match[1], float(match[2]) if match[2] else None
 
 
 LinkMaker = Callable[[MRKey, float], str | None]
@@ -280,19 +294,23 @@ class StickyNotes:
             if isinstance(note, dict)
             and not note.get("system")
             and (note.get("author") or {}).get("id") == self._user_id
-            and MARKER in str(note.get("body") or "")
+            and str(note.get("body") or "").startswith(MARKER)
         ]
         if not mine:
             return _Known(None)
         note = min(mine, key=lambda n: int(n["id"]))  # the first one stays the sticky one
-        body = str(note.get("body") or "")
-        match = _MARKER_RE.search(body)
-        return _Known(int(note["id"]), match[1] if match else None, _link_expiry(body))
+        marker = _marker(str(note.get("body") or ""))
+        if marker is None:
+            return _Known(int(note["id"]), None, None)
+        return _Known(int(note["id"]), marker[0], marker[1])
 
     def _link_ageing(self, known: _Known) -> bool:
-        """The note's signed link has less than half its lifetime left: re-sign it."""
-        if self.link_for is None or known.link_expires is None:
+        """The note's signed link has less than half its lifetime left (or its marker does not
+        say, as a note written before the marker carried it): re-sign it."""
+        if self.link_for is None:
             return False
+        if known.link_expires is None:
+            return True
         return known.link_expires - self.clock() < self.link_ttl / 2
 
     def _remember(self, key: MRKey, known: _Known) -> None:

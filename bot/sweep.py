@@ -50,6 +50,8 @@ class Sweeper:
         max_backlog: int = 64,
         on_finished: Callable[[SweepReport], None] | None = None,
         forget: Callable[[int], None] | None = None,
+        unconfirmed: Callable[[], Awaitable[Iterable[int]]] | None = None,
+        drop_unconfirmed: Callable[[int], None] | None = None,
     ) -> None:
         self.gitlab = gitlab
         self.queue = queue
@@ -66,29 +68,41 @@ class Sweeper:
         self.max_backlog = max_backlog
         self.on_finished = on_finished
         self.forget = forget
+        # Ids met only in deliveries (possibly forged): swept once GitLab lists MRs for them.
+        self.unconfirmed = unconfirmed
+        self.drop_unconfirmed = drop_unconfirmed
+        self._unconfirmed: set[int] = set()
         self.current: SweepReport | None = None
         self.sweeps = 0
         self.swept = asyncio.Event()  # set once the first sweep (the start-up one) is done
         self._submitted: set[MRKey] = set()
 
     async def projects(self) -> list[int | str]:
-        """Configured projects plus every project met in a delivery, now or before a restart."""
+        """Configured projects, every project GitLab confirmed (now or before a restart), and
+        the ids met only in deliveries. Only a path GitLab gave stands for a configured path:
+        a delivery (which anyone may forge) cannot take a configured project's place."""
         known: dict[int, str] = dict(self.seen)
-        if self.remembered is not None:
-            try:
+        unconfirmed: set[int] = set()
+        try:
+            if self.remembered is not None:
                 for project_id, path in await self.remembered():
                     known.setdefault(int(project_id), path)
-            except Exception:
-                log.exception("sweep_remembered_projects_unreadable")
+            if self.unconfirmed is not None:
+                unconfirmed = {int(p) for p in await self.unconfirmed()} - set(known)
+        except Exception as exc:
+            log.error("sweep_remembered_projects_unreadable", error=f"{type(exc).__name__}: {exc}")
         chosen: list[int | str] = []
         paths = {path for path in known.values() if path}
         for item in self.configured:
             if item.isdigit():
                 if int(item) not in known:
                     chosen.append(int(item))
+                    unconfirmed.discard(int(item))
             elif item not in paths:
                 chosen.append(item)
         chosen.extend(sorted(known))
+        chosen.extend(sorted(unconfirmed))
+        self._unconfirmed = unconfirmed
         return chosen
 
     async def run_forever(self, interval: float) -> None:
@@ -150,6 +164,12 @@ class Sweeper:
             return
         report.projects += 1
         report.list_requests += max(1, -(-len(merge_requests) // 100))
+        if not merge_requests and project in self._unconfirmed:
+            # GitLab knows the id but lists no open MR: nothing to heal there (a delivery for
+            # it brings it back).
+            self._unconfirmed.discard(project)  # type: ignore[arg-type]
+            if self.drop_unconfirmed is not None:
+                self.drop_unconfirmed(project)  # type: ignore[arg-type]
         for mr in merge_requests:
             try:
                 key = MRKey(int(mr["project_id"]), int(mr["iid"]))

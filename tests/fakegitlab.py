@@ -454,6 +454,11 @@ class FakeGitLab:
         # rack_attack_headers.rb, behind the `rate_limiting_headers_for_unthrottled_requests`
         # feature flag). Off: only the 429 carries them, as on self-managed GitLab.
         self.rate_limit_headers_always = False
+        # Hostile pagination (a proxy or a broken GitLab): each page's `rel="next"` URL and
+        # X-Next-Page value pass through these; given the honest value (None/"" on the last
+        # page) and the page number, they return what to send (None: leave it out).
+        self.next_link: Callable[[str | None, int], str | None] | None = None
+        self.next_page_header: Callable[[str, int], str | None] | None = None
         # Status check behaviour
         self.pending_timeout: float | None = 120.0  # 16.6+: a stored pending row fails after it
         self.legacy_status_checks: bool | None = None  # None: decided by version (< 15.0)
@@ -1925,18 +1930,25 @@ class FakeGitLab:
         links = []
         if has_prev:
             links.append(f'<{link(page - 1)}>; rel="prev"')
-        if has_next:
-            links.append(f'<{link(page + 1)}>; rel="next"')
+        next_url: str | None = link(page + 1) if has_next else None
+        if self.next_link is not None:
+            next_url = self.next_link(next_url, page)
+        if next_url is not None:
+            links.append(f'<{next_url}>; rel="next"')
         links.append(f'<{link(1)}>; rel="first"')
         if counted:
             links.append(f'<{link(total_pages)}>; rel="last"')
+        next_page: str | None = str(page + 1) if has_next else ""
+        if self.next_page_header is not None:
+            next_page = self.next_page_header(next_page, page)
         headers = {
             "X-Page": str(page),
             "X-Per-Page": str(per_page),
-            "X-Next-Page": str(page + 1) if has_next else "",
             "X-Prev-Page": str(page - 1) if has_prev else "",
             "Link": ", ".join(links),
         }
+        if next_page is not None:
+            headers["X-Next-Page"] = next_page
         if counted:
             headers["X-Total"] = str(total)
             headers["X-Total-Pages"] = str(total_pages)

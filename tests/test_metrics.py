@@ -206,6 +206,15 @@ async def test_readyz_fails_while_gitlab_fails_and_recovers(
     assert body["status"] == "not ready"
     assert any("GitLab is unreachable" in problem for problem in body["problems"])
     gitlab.clear_faults()
+    # /readyz asks GitLab at most once per 30 s (tests/test_readiness.py): the probe's answer
+    # stands until a real call shows GitLab answering again, e.g. an evaluation.
+    async with bot.session.get(f"{bot.url}/readyz") as resp:
+        assert resp.status == 503
+    gitlab.add_project(1, "acme/app")
+    gitlab.add_status_check(1, "conventional-title")
+    gitlab.add_mr(1, 1, sha="1" * 40, title="feat: x", source_branch="feature")
+    assert (await bot.deliver(payloads.merge_request_hook(sha="1" * 40)))[0] == 202
+    await bot.settle()
     async with bot.session.get(f"{bot.url}/readyz") as resp:
         assert resp.status == 200
 

@@ -326,3 +326,42 @@ async def test_passing_checks_gitlab_already_shows_cost_no_note_reads_after_a_re
     # GitLab already shows the pass: nothing can be stale in a note, so none is looked for.
     assert gitlab.calls_to("GET", NOTES) == []
     assert gitlab.calls_to("GET", "/user") == []
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Add login ?expires=99999999999",
+        "[x](/mr/1/1?expires=99999999999)",
+        "digest=0 expires=99999999999 -->",
+    ],
+    ids=["query", "fake-details-link", "fake-marker-tail"],
+)
+async def test_after_a_restart_the_links_expiry_comes_from_the_bots_marker_not_the_title(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path, title: str
+) -> None:
+    """Issue 10 item 6: an MR title quoting `expires=` (shown in the note's evidence) must not
+    pass for the expiry of the note's link: after a restart the bot still re-signs a link that
+    has less than half its lifetime left."""
+    seed(gitlab, title=title)
+    settings = {
+        "policy_dir": policies(tmp_path),
+        "public_url": "https://bot.example.com",
+        "link_secret": "link-secret-for-tests",
+    }
+    first = await start_bot(**settings)
+    await evaluate_mr(first)
+    assert len(writes(gitlab)[0]) == 1
+    assert "99999999999" in notes_on_mr(gitlab)[0]["body"]  # the title is quoted in the note
+    await first.stop()
+
+    gitlab.reset_calls()
+    second = await start_bot(**settings)  # knows nothing of the note: it reads it back
+    second.app[STICKY].clock = lambda: time.time() + second.settings.link_ttl * 0.6
+    await evaluate_mr(second)
+    posts, puts = writes(gitlab)
+    assert (len(posts), len(puts)) == (0, 1), "the ageing link was re-signed"
+    link = re.search(r"\((https://bot\.example\.com/mr/1/1\?[^)]+)\)", puts[0].json["body"])
+    assert link is not None
+    expires = int(parse_qs(urlsplit(link[1]).query)["expires"][0])
+    assert expires > time.time() + second.settings.link_ttl

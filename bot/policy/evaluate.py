@@ -5,6 +5,7 @@ from __future__ import annotations
 from bot.facts import MergeRequestFacts
 from bot.policy.combinators import earliest
 from bot.policy.model import Outcome, Policy, Status, Verdict, judge_rule
+from bot.terminal import printable
 
 
 def leaf_text(outcome: Outcome) -> str:
@@ -77,10 +78,13 @@ _GREEN, _RED, _DIM, _BOLD, _RESET = "\033[32m", "\033[31m", "\033[2m", "\033[1m"
 
 
 def render_verdict(verdict: Verdict, color: bool = False) -> str:
-    """The verdict as an indented tree: ✓/✗ per rule, its evidence, and the fix where failing."""
+    """The verdict as an indented tree: ✓/✗ per rule, its evidence, and the fix where failing.
+
+    Evidence quotes MR titles, paths and labels: every piece is made printable (bot/terminal.py)
+    before it is coloured, so only the bot's own colour codes reach a terminal."""
 
     def paint(text: str, code: str) -> str:
-        return f"{code}{text}{_RESET}" if color else text
+        return f"{code}{printable(text)}{_RESET}" if color else printable(text)
 
     passed = verdict.status == "passed"
     mark = paint("✓", _GREEN) if passed else paint("✗", _RED)
@@ -90,7 +94,10 @@ def render_verdict(verdict: Verdict, color: bool = False) -> str:
     if not verdict.applicable:
         notes.append("not applicable")
     note = f" [{', '.join(notes)}]" if notes else ""
-    lines = [f"{mark} {paint(verdict.check, _BOLD)}: {verdict.status}{note} — {verdict.reason}"]
+    lines = [
+        f"{mark} {paint(verdict.check, _BOLD)}: {verdict.status}{note} — "
+        f"{printable(verdict.reason)}"
+    ]
 
     def walk(outcome: Outcome, depth: int, blamed: bool) -> None:
         # `blamed`: every ancestor fails, so a fix here helps (not under a holding `any`/`not`).
@@ -102,7 +109,7 @@ def render_verdict(verdict: Verdict, color: bool = False) -> str:
             if outcome.unknown
             else paint("✗", _RED)
         )
-        lines.append(f"{pad}{sign} {leaf_text(outcome)}")
+        lines.append(f"{pad}{sign} {printable(leaf_text(outcome))}")
         if blamed and outcome.fix and not outcome.passed and _own_fix(outcome):
             lines.append(f"{pad}    {paint('fix: ' + outcome.fix, _DIM)}")
         for child in outcome.children:

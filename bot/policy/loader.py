@@ -17,7 +17,16 @@ from bot.policy import freeze as _freeze  # noqa: F401  (registers freeze)
 from bot.policy import predicates as _predicates  # noqa: F401  (registers the predicates)
 from bot.policy.applies import compile_applies_to
 from bot.policy.model import Policy, PolicyLoadError, PolicyProblem, PolicySet, Rule
-from bot.policy.nodes import Ctx, Entry, describe, parse_yaml, suggest
+from bot.policy.nodes import (
+    MAX_POLICY_BYTES,
+    Ctx,
+    Entry,
+    describe,
+    parse_yaml,
+    read_limited,
+    suggest,
+    too_large,
+)
 from bot.policy.registry import REGISTRY, compile_rule_item
 
 TOP_KEYS = ("check", "description", "mode", "applies_to", "require", "comment")
@@ -46,8 +55,29 @@ def policy_files(folder: Path) -> list[Path]:
 
 
 def compile_policy(path: str, data: bytes, default_check: str) -> tuple[Policy | None, Ctx]:
-    """Compile one policy file's bytes; the Ctx carries every problem found."""
+    """Compile one policy file's bytes; the Ctx carries every problem found.
+
+    Whatever the bytes, this returns: limits (size, YAML depth, alias expansion) keep it short,
+    and anything no check foresaw is one problem at line 1, never an exception."""
     ctx = Ctx(path)
+    oversized = too_large(path, len(data), MAX_POLICY_BYTES, "policy file")
+    if oversized is not None:
+        ctx.problems.append(oversized)
+        return None, ctx
+    try:
+        return _compile_policy(ctx, path, data, default_check)
+    except (RecursionError, MemoryError) as exc:
+        ctx.problems = [PolicyProblem(path, 1, f"the policy is too complex to read ({exc!r})")]
+    except Exception as exc:  # a gap in the checks: still the author's file, still one line
+        ctx.problems.append(
+            PolicyProblem(path, 1, f"the policy could not be read: {type(exc).__name__}: {exc}")
+        )
+    return None, ctx
+
+
+def _compile_policy(
+    ctx: Ctx, path: str, data: bytes, default_check: str
+) -> tuple[Policy | None, Ctx]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -143,10 +173,7 @@ def _choice(
 
 
 def _read(path: Path) -> tuple[bytes | None, list[PolicyProblem]]:
-    try:
-        return path.read_bytes(), []
-    except OSError as exc:
-        return None, [PolicyProblem(str(path), 1, f"cannot read the file: {exc.strerror or exc}")]
+    return read_limited(str(path), MAX_POLICY_BYTES, "policy file")
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,13 @@ Policies and test files are parsed with `yaml.compose` (never `yaml.load`): the 
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from bot.policy.model import PolicyProblem
@@ -19,6 +22,95 @@ from bot.policy.model import PolicyProblem
 TAG = "tag:yaml.org,2002:"
 _BOOL_VALUES = {key.lower(): value for key, value in yaml.SafeLoader.bool_values.items()}
 _CONSTRUCTOR = yaml.SafeLoader("")
+
+# Limits on what a policy or test file may be (a hostile or broken file must cost little):
+MAX_POLICY_BYTES = 64 * 1024  # the shipped policies are under 2 kB; 64 kB is ~1,000 rules
+MAX_TEST_BYTES = 256 * 1024  # test files list cases: a few thousand of them
+MAX_YAML_DEPTH = 64  # levels of nesting (lists in mappings in lists...); real files use < 10
+# Nodes once every alias is expanded: what compiling the file walks. Aliases are fine, but
+# nine aliases to nine aliases to ... (the "billion laughs") would expand to millions.
+MAX_YAML_NODES = 20_000
+
+
+class YAMLLimitError(yaml.MarkedYAMLError):
+    """The YAML is too deep, expands to too many nodes, or refers to itself."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe composer with limits, checked while composing (before anything recurses
+    over the tree): nesting depth, the expanded node count (an alias counts as the whole node it
+    names), and no alias to a node that contains it (a recursive structure)."""
+
+    def __init__(self, stream: str, max_nodes: int, max_depth: int) -> None:
+        super().__init__(stream)
+        self.max_nodes = max_nodes
+        self.max_depth = max_depth
+        self._depth = 0
+        self._nodes = 0
+        self._open: set[str] = set()  # anchors of the collections being composed
+        self._extent: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
+
+    def _measure(self, node: Node) -> tuple[int, int]:
+        """Expanded size and depth of a composed (acyclic) node, memoised: linear in the
+        number of distinct nodes whatever the expansion."""
+        known = self._extent.get(id(node))
+        if known is not None:
+            return known
+        size, depth = 1, 1
+        if isinstance(node, SequenceNode | MappingNode):
+            children = (
+                node.value
+                if isinstance(node, SequenceNode)
+                else [part for pair in node.value for part in pair]
+            )
+            for child in children:
+                child_size, child_depth = self._measure(child)
+                size += child_size
+                depth = max(depth, child_depth + 1)
+        self._extent[id(node)] = (size, depth)
+        return size, depth
+
+    def _spend(self, nodes: int, depth: int, mark: yaml.Mark) -> None:
+        self._nodes += nodes
+        if self._nodes > self.max_nodes:
+            raise YAMLLimitError(
+                None,
+                None,
+                f"the YAML expands to more than {self.max_nodes} nodes (aliases count as what "
+                "they repeat): too big for a policy",
+                mark,
+            )
+        if self._depth + depth > self.max_depth:
+            raise YAMLLimitError(
+                None, None, f"the YAML is nested more than {self.max_depth} levels deep", mark
+            )
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        if self.check_event(AliasEvent):
+            anchor = event.anchor
+            if anchor in self._open:
+                raise YAMLLimitError(
+                    None,
+                    None,
+                    f"the alias *{anchor} refers to a node that contains it: a recursive "
+                    "structure cannot be a policy",
+                    event.start_mark,
+                )
+            if anchor in self.anchors:
+                self._spend(*self._measure(self.anchors[anchor]), event.start_mark)
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        self._spend(1, 1, event.start_mark)
+        anchor = event.anchor
+        if anchor is not None:
+            self._open.add(anchor)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+            if anchor is not None:
+                self._open.discard(anchor)
 
 
 def line_of(node: Node) -> int:
@@ -49,10 +141,48 @@ def suggest(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean `{close[0]}`?" if close else ""
 
 
-def parse_yaml(path: str, text: str, problems: list[PolicyProblem]) -> Node | None:
-    """Compose one YAML document; syntax errors become problems at the YAML line."""
+def too_large(path: str, size: int, limit: int, what: str) -> PolicyProblem | None:
+    """A problem when a file of `size` bytes is over `limit` (checked before it is parsed)."""
+    if size <= limit:
+        return None
+    return PolicyProblem(
+        path, 1, f"the {what} is larger than {limit // 1024} kB ({size} bytes): split it up"
+    )
+
+
+def read_limited(path: str, limit: int, what: str) -> tuple[bytes | None, list[PolicyProblem]]:
+    """At most `limit` bytes of a file (a huge file is refused without being read whole)."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+            size = max(len(data), os.fstat(handle.fileno()).st_size)
+    except OSError as exc:
+        message = f"cannot read the file: {exc.strerror or exc}"
+        return None, [PolicyProblem(path, 1, message)]
+    problem = too_large(path, size, limit, what)
+    if problem is not None:
+        return None, [problem]
+    return data, []
+
+
+def parse_yaml(
+    path: str,
+    text: str,
+    problems: list[PolicyProblem],
+    *,
+    max_nodes: int = MAX_YAML_NODES,
+    max_depth: int = MAX_YAML_DEPTH,
+) -> Node | None:
+    """Compose one YAML document within the limits; syntax errors and exceeded limits become
+    problems at the YAML line."""
+    loader = _BoundedLoader(text, max_nodes, max_depth)
+    try:
+        return loader.get_single_node()  # type: ignore[no-any-return]
+    except YAMLLimitError as exc:
+        mark = exc.problem_mark
+        problems.append(PolicyProblem(path, mark.line + 1 if mark else 1, str(exc.problem)))
+    except RecursionError:  # a limit above should have caught it: still one clear problem
+        problems.append(PolicyProblem(path, 1, "the YAML is nested too deeply"))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -60,8 +190,17 @@ def parse_yaml(path: str, text: str, problems: list[PolicyProblem]) -> Node | No
         if exc.context and exc.problem and exc.context_mark:
             message += f" ({exc.context} at line {exc.context_mark.line + 1})"
         problems.append(PolicyProblem(path, line, message))
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, ESC...)
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character
+        code = char if isinstance(char, int) else ord(char) if char else 0
+        problems.append(
+            PolicyProblem(path, line, f"YAML error: the character U+{code:04X} is not allowed")
+        )
     except yaml.YAMLError as exc:
-        problems.append(PolicyProblem(path, 1, f"YAML error: {exc}"))
+        problems.append(PolicyProblem(path, 1, f"YAML error: {' '.join(str(exc).split())}"))
+    finally:
+        loader.dispose()
     return None
 
 
@@ -99,7 +238,13 @@ class Ctx:
             return None
         own_keys = [key for key, _ in node.value if key.tag != TAG + "merge"]
         if len(own_keys) != len(node.value):
-            _CONSTRUCTOR.flatten_mapping(node)  # `<<: *anchor` merge keys
+            try:
+                _CONSTRUCTOR.flatten_mapping(node)  # `<<: *anchor` merge keys
+            except yaml.MarkedYAMLError as exc:
+                mark = exc.problem_mark
+                line = mark.line + 1 if mark else line_of(node)
+                self.error(line, f"bad merge key `<<` in {what}: {exc.problem}")
+                return None
         entries: dict[str, Entry] = {}
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -151,6 +296,15 @@ class Ctx:
             return None
         if not allow_empty and not node.value.strip():
             self.error(node, f"{what} must not be empty")
+            return None
+        try:
+            node.value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # "\ud800" in YAML: a lone surrogate, not text
+            self.error(
+                node,
+                f"{what} is not valid Unicode text (a lone surrogate "
+                f"\\u{ord(node.value[exc.start]):04x} at character {exc.start + 1})",
+            )
             return None
         return str(node.value)
 

@@ -26,12 +26,23 @@ from bot.policy.loader import (
     load_folder,
 )
 from bot.policy.model import Outcome, Policy, PolicyLoadError, PolicyProblem, Rule, Verdict
-from bot.policy.nodes import TAG, Ctx, describe, parse_yaml, suggest
+from bot.policy.nodes import (
+    MAX_POLICY_BYTES,
+    MAX_TEST_BYTES,
+    MAX_YAML_NODES,
+    TAG,
+    Ctx,
+    describe,
+    parse_yaml,
+    read_limited,
+    suggest,
+)
 from bot.policy.predicates import PIPELINE_STATUSES
 from bot.policy.registry import compile_rule_item, rule_names
 
 DEFAULT_NOW = dt.datetime(2026, 6, 10, 10, 0, tzinfo=dt.UTC)  # a Wednesday morning, no freeze
 DEFAULT_SHA = "0123456789abcdef0123456789abcdef01234567"
+MAX_TEST_NODES = 5 * MAX_YAML_NODES  # a test file lists many cases
 
 
 def user(username: str) -> User:
@@ -398,10 +409,9 @@ class _PolicyCache:
     def file(self, path: Path) -> tuple[Policy | None, list[PolicyProblem]]:
         key = path.resolve()
         if key not in self.files:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                self.files[key] = (None, [PolicyProblem(str(path), 1, f"cannot read: {exc}")])
+            data, problems = read_limited(str(path), MAX_POLICY_BYTES, "policy file")
+            if data is None:
+                self.files[key] = (None, problems)
             else:
                 policy, ctx = compile_policy(str(path), data, path.name.split(".")[0])
                 self.files[key] = (policy, ctx.problems)
@@ -420,13 +430,33 @@ def parse_test_file(
     """Parse a test file and resolve its policy (a check name is looked up in `folder`)."""
     cache = cache or _PolicyCache()
     result = TestFile(path)
-    ctx = Ctx(str(path))
     try:
-        text = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        result.problems.append(PolicyProblem(str(path), 1, f"cannot read the test file: {exc}"))
+        return _parse_test_file(path, cache, folder, result)
+    except (RecursionError, MemoryError) as exc:
+        message = f"the test file is too complex to read ({exc!r})"
+    except Exception as exc:  # a gap in the checks: still one line, never a traceback
+        message = f"the test file could not be read: {type(exc).__name__}: {exc}"
+    result.policy = None
+    result.cases = []
+    result.problems.append(PolicyProblem(str(path), 1, message))
+    return result
+
+
+def _parse_test_file(
+    path: Path, cache: _PolicyCache, folder: Path | None, result: TestFile
+) -> TestFile:
+    ctx = Ctx(str(path))
+    data, problems = read_limited(str(path), MAX_TEST_BYTES, "test file")
+    if data is None:
+        result.problems += problems
         return result
-    root = parse_yaml(str(path), text, ctx.problems)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"the test file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        result.problems.append(PolicyProblem(str(path), 1, message))
+        return result
+    root = parse_yaml(str(path), text, ctx.problems, max_nodes=MAX_TEST_NODES)
     if root is None:
         if not ctx.problems:
             ctx.error(1, "the test file is empty: give `policy` and `cases`")
