@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.record import StateError
+from bot.service.record import StateError
 from bot.terminal import TerminalStream, printable
 
 
@@ -52,10 +52,10 @@ def _secrets(settings: Settings) -> list[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from bot.app import create_app
     from bot.logs import get_logger
     from bot.policy.model import PolicyLoadError
-    from bot.policy_store import PolicyStore
+    from bot.service.app import create_app
+    from bot.service.policy_store import PolicyStore
 
     settings = _settings()
     log = get_logger("bot")
@@ -136,9 +136,9 @@ def _unreadable_references(paths: Sequence[str]) -> list[str]:
 
     import aiohttp
 
-    from bot.gitlab import GitLab
+    from bot.gitlab.client import GitLab
     from bot.policy.loader import is_test_file, load_folder
-    from bot.references import unreadable
+    from bot.service.references import unreadable
 
     policies = [
         policy
@@ -167,7 +167,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from bot.explain import explain, use_color
+    from bot.cli.explain import explain, use_color
 
     settings = _settings(quiet=True)
     color = use_color(sys.stdout)
@@ -176,7 +176,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from bot.register import register
+    from bot.cli.register import register
 
     settings = _settings()
     return register(
@@ -208,8 +208,8 @@ def _local_settings() -> Settings:
 def cmd_history(args: argparse.Namespace) -> int:
     import asyncio
 
-    from bot.explain import parse_reference
-    from bot.record import history_line, read_history
+    from bot.keys import parse_reference
+    from bot.service.record import history_line, read_history
 
     settings = _local_settings()
     try:
@@ -228,7 +228,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
-    from bot.details import mint_link
+    from bot.service.details import mint_link
 
     settings = _local_settings()
     try:

@@ -6,6 +6,7 @@ facts to fetch in the same round as the MR itself, and names what triggered the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -40,3 +41,15 @@ class Hint:
     target_branch: str | None = None
     source_branch: str | None = None
     sha: str | None = None
+
+
+_REFERENCE = re.compile(r"^(?P<project>[^!\s]+)!(?P<iid>\d+)$")
+
+
+def parse_reference(text: str) -> tuple[int | str, int]:
+    """`group/app!42` or `17!42` → (project, iid); raises ValueError with a usable message."""
+    match = _REFERENCE.match(text.strip())
+    if not match or int(match["iid"]) < 1:
+        raise ValueError(f"{text!r} is not PROJECT!IID (e.g. group/app!42 or 17!42)")
+    project = match["project"].strip("/")
+    return (int(project) if project.isdigit() else project), int(match["iid"])

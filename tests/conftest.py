@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bot.app import QUEUE, SWEEPER, create_app
 from bot.config import Settings
 from bot.logs import configure_logging
-from bot.policy_store import PolicyStore
+from bot.service.app import QUEUE, SWEEPER, create_app
+from bot.service.policy_store import PolicyStore
 from tests.fakegitlab import FakeGitLab
 
 TOKEN = "test-token-0123456789"

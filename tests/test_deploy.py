@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.policy import load_policy_text
 from bot.policy.loader import is_policy_file
-from bot.policy_store import PolicyStore
+from bot.service.app import create_app
+from bot.service.policy_store import PolicyStore
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from bot.__main__ import main
-from bot.app import RECORD
-from bot.details import LINK_KEY, display_tree
-from bot.links import signed_link
 from bot.policy import evaluate, load_policy_text, make_facts
+from bot.service.app import RECORD
+from bot.service.details import LINK_KEY, display_tree
+from bot.service.links import signed_link
 from tests import payloads
 from tests.conftest import Bot
 from tests.fakegitlab import FakeGitLab

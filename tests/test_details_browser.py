@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from bot.app import RECORD
-from bot.details import LINK_KEY
-from bot.links import signed_link
+from bot.service.app import RECORD
+from bot.service.details import LINK_KEY
+from bot.service.links import signed_link
 from tests import payloads
 from tests.conftest import Bot
 from tests.fakegitlab import FakeGitLab

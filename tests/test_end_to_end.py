@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.app import EVALUATOR
+from bot.service.app import EVALUATOR
 from tests import payloads
 from tests.conftest import TOKEN, WEBHOOK_SECRET, Bot, eventually, write_policies
 from tests.fakegitlab import FakeGitLab
@@ -206,7 +206,7 @@ async def test_signed_status_check_requests(
 
 
 def test_signature_matches_gitlabs_test_vector() -> None:
-    from bot.intake import _valid_signature
+    from bot.service.intake import _valid_signature
 
     vector = "6c52a647de5847fc387ead12919dc6a5b9ed08e9538583c83da266d958e33aec"
     assert _valid_signature(vector, "shared_secret", b"{}")

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from bot.cli.explain import explain, use_color
 from bot.config import Settings
-from bot.explain import explain, parse_reference, use_color
+from bot.keys import parse_reference
 from tests.conftest import TOKEN, write_policies
 from tests.fakegitlab import FakeGitLab, diff_file
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import bot.app as bot_app
+import bot.service.app as bot_app
 from tests import payloads
 from tests.conftest import TOKEN, Bot, write_policies
 from tests.fakegitlab import FakeGitLab, diff_file

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bot.app import RECORD, SWEEPER
-from bot.record import DecisionRecord
+from bot.service.app import RECORD, SWEEPER
+from bot.service.record import DecisionRecord
 from tests import payloads
 from tests.conftest import Bot, eventually
 from tests.fakegitlab import FakeGitLab
@@ -103,7 +103,7 @@ async def test_a_delivery_never_evaluated_is_still_swept_after_a_restart(
 
 
 async def test_what_deliveries_alone_leave_is_bounded(tmp_path: Path) -> None:
-    from bot.record import MAX_UNCONFIRMED_PROJECTS
+    from bot.service.record import MAX_UNCONFIRMED_PROJECTS
 
     record = DecisionRecord.open(tmp_path / "state")
     try:

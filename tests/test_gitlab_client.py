@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from bot.gitlab import GitLab, GitLabError
+from bot.gitlab.client import GitLab, GitLabError
 from tests.conftest import TOKEN
 from tests.fakegitlab import FakeGitLab
 

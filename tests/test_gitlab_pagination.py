@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from bot.gitlab import GitLab, GitLabError
+from bot.gitlab.client import GitLab, GitLabError
 from tests.conftest import TOKEN
 from tests.fakegitlab import FakeGitLab
 

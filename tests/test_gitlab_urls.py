@@ -9,7 +9,7 @@ import aiohttp
 import gidgetlab.abc
 import pytest
 
-from bot.gitlab import GitLab, project_ref
+from bot.gitlab.client import GitLab, project_ref
 
 PATHS = [
     "/version",

@@ -20,9 +20,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from bot.app import QUEUE
-from bot.intake import MAX_REF_CHARS, DeliveryMemory, make_webhook_handler
 from bot.keys import BranchKey, Hint, MRKey
+from bot.service.app import QUEUE
+from bot.service.intake import MAX_REF_CHARS, DeliveryMemory, make_webhook_handler
 from tests import payloads
 from tests.conftest import WEBHOOK_SECRET, Bot
 from tests.fakegitlab import FakeGitLab

@@ -12,10 +12,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.app import METRICS, create_app
 from bot.config import Settings
-from bot.metrics import Metrics, endpoint_template
-from bot.policy_store import PolicyStore
+from bot.service.app import METRICS, create_app
+from bot.service.metrics import Metrics, endpoint_template
+from bot.service.policy_store import PolicyStore
 from tests import payloads
 from tests.conftest import TOKEN, Bot
 from tests.fakegitlab import FakeGitLab

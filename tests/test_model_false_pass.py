@@ -39,10 +39,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from bot.app import create_app
 from bot.config import Settings
 from bot.logs import configure_logging
-from bot.policy_store import PolicyStore
+from bot.service.app import create_app
+from bot.service.policy_store import PolicyStore
 from tests import payloads
 from tests.conftest import TOKEN, WEBHOOK_SECRET, settle, write_policies
 from tests.fakegitlab import Call, FakeGitLab, diff_file, sha_for

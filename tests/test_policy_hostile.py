@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.__main__ import main
-from bot.app import POLICIES, create_app
 from bot.config import Settings
-from bot.policy_store import PolicyStore
+from bot.service.app import POLICIES, create_app
+from bot.service.policy_store import PolicyStore
 from tests.conftest import Bot, write_policies
 from tests.test_cli import REPO, bot_cmd, clean_env
 from tests.test_hostile_bodies import LoopLag

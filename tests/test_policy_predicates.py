@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from bot.facts import ChangedFile
 from bot.policy import (
     MissingFactError,
     Outcome,
@@ -15,6 +14,7 @@ from bot.policy import (
     load_policy_text,
     make_facts,
 )
+from bot.policy.facts import ChangedFile
 
 
 def judge(rule: str, **facts: object) -> Outcome:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bot.app import POLICIES
-from bot.policy_store import PolicyStore
+from bot.service.app import POLICIES
+from bot.service.policy_store import PolicyStore
 from tests import payloads
 from tests.conftest import TOKEN, Bot, write_policies
 from tests.fakegitlab import FakeGitLab

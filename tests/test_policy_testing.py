@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.facts import GroupMembers
 from bot.policy import run_tests, validate_paths
+from bot.policy.facts import GroupMembers
 from bot.policy.testing import make_facts, parse_test_file
 
 SHIPPED = Path(__file__).parent.parent / "policies"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from bot.queue import CoalescingQueue
+from bot.service.queue import CoalescingQueue
 
 
 async def test_burst_for_one_key_runs_at_most_twice_with_the_newest_hint() -> None:

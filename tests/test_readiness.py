@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bot.app import GITLAB
-from bot.gitlab import Version
+from bot.gitlab.client import Version
+from bot.service.app import GITLAB
 from tests import payloads
 from tests.conftest import Bot
 from tests.fakegitlab import FakeGitLab

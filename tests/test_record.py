@@ -18,14 +18,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from bot.__main__ import main
-from bot.app import RECORD, create_app
 from bot.config import Settings
-from bot.decide import Decision
-from bot.facts import MergeRequestFacts
 from bot.keys import MRKey
 from bot.policy import evaluate
-from bot.policy_store import PolicyStore
-from bot.record import DB_NAME, DecisionRecord, StateError, history_line
+from bot.policy.facts import MergeRequestFacts
+from bot.service.app import RECORD, create_app
+from bot.service.decide import Decision
+from bot.service.policy_store import PolicyStore
+from bot.service.record import DB_NAME, DecisionRecord, StateError, history_line
 from tests import payloads
 from tests.conftest import Bot
 from tests.fakegitlab import FakeGitLab

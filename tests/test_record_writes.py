@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from bot import record as record_module
-from bot.decide import Decision
 from bot.keys import MRKey
 from bot.policy.model import Outcome, Verdict
-from bot.policy_store import PolicyStore
-from bot.record import DB_NAME, DecisionRecord
+from bot.service import record as record_module
+from bot.service.decide import Decision
+from bot.service.policy_store import PolicyStore
+from bot.service.record import DB_NAME, DecisionRecord
 
 SHA = "3" * 40
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)

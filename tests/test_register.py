@@ -13,10 +13,7 @@ from typing import Any
 
 import pytest
 
-from bot.config import Settings
-from bot.gitlab import GitLabError
-from bot.policy import load_policy_text
-from bot.register import (
+from bot.cli.register import (
     Options,
     RegisterError,
     advice,
@@ -24,6 +21,9 @@ from bot.register import (
     check_url,
     run_register,
 )
+from bot.config import Settings
+from bot.gitlab.client import GitLabError
+from bot.policy import load_policy_text
 from tests import payloads
 from tests.conftest import TOKEN, WEBHOOK_SECRET, Bot, write_policies
 from tests.fakegitlab import Call, FakeGitLab

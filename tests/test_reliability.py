@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from bot.app import EVALUATOR, QUEUE, RECORD, SWEEPER
 from bot.config import load_settings
-from bot.gitlab import RateLimitPacer
+from bot.gitlab.client import RateLimitPacer
+from bot.service.app import EVALUATOR, QUEUE, RECORD, SWEEPER
 from tests import payloads
 from tests.conftest import Bot, eventually, write_policies
 from tests.fakegitlab import FakeGitLab

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from bot.app import RECORD
-from bot.record import DB_NAME, DecisionRecord
+from bot.service.app import RECORD
+from bot.service.record import DB_NAME, DecisionRecord
 from tests import payloads
 from tests.conftest import TOKEN, Bot
 from tests.fakegitlab import FakeGitLab

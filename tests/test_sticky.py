@@ -14,12 +14,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from bot.app import QUEUE, STICKY
-from bot.decide import Decision
 from bot.keys import MRKey
-from bot.links import verify
 from bot.policy import evaluate, load_policy_text, make_facts
-from bot.sticky import MARKER, code, render_body
+from bot.service.app import QUEUE, STICKY
+from bot.service.decide import Decision
+from bot.service.links import verify
+from bot.service.sticky import MARKER, code, render_body
 from tests import payloads
 from tests.conftest import Bot, write_policies
 from tests.fakegitlab import Call, FakeGitLab

@@ -11,8 +11,8 @@ from pathlib import Path
 from bench.harness import Harness
 from bench.procs import ROOT
 from bench.report import Figure
-from bot.facts import ChangedFile, Commit, GroupMembers, MergeRequestFacts, User
 from bot.policy import evaluate, load_policy_dir, load_policy_text
+from bot.policy.facts import ChangedFile, Commit, GroupMembers, MergeRequestFacts, User
 from bot.policy.model import Policy
 
 BASELINE_POLICY = """\
@@ -105,7 +105,7 @@ async def run(h: Harness) -> None:
             target="report",
             verdict="report",
             notes=[
-                f"In-process (bot.policy.evaluate on bot.facts.MergeRequestFacts already in "
+                f"In-process (bot.policy.evaluate on bot.policy.facts.MergeRequestFacts already in "
                 f"memory), a 12-file, 3-commit, 2-approval feature MR; µs per policy: {detail}. "
                 f"Slowest: {slowest}. Policies from {Path('policies')}/."
             ],

@@ -24,7 +24,7 @@ DEFAULT_BUDGET = 5.0  # bot/config.py's SWEEP_BUDGET default, requests per secon
 
 
 def sweep_available() -> bool:
-    return importlib.util.find_spec("bot.sweep") is not None
+    return importlib.util.find_spec("bot.service.sweep") is not None
 
 
 async def _sweep_event(bot: Process, limit: float) -> dict[str, Any]:

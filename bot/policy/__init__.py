@@ -24,7 +24,7 @@ from bot.policy.model import (
     Rule,
     Verdict,
 )
-from bot.policy.registry import REGISTRY
+from bot.policy.predicates.base import REGISTRY
 from bot.policy.testing import compile_rule, make_facts, run_tests
 
 __all__ = [

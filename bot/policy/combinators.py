@@ -15,10 +15,10 @@ import datetime as dt
 
 from yaml.nodes import Node
 
-from bot.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
+from bot.policy.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
 from bot.policy.model import Outcome, Rule, judge_rule
 from bot.policy.nodes import Ctx
-from bot.policy.registry import Predicate, compile_rule_item, plural, register
+from bot.policy.predicates.base import Predicate, compile_rule_item, plural, register
 
 
 def earliest(outcomes: tuple[Outcome, ...]) -> dt.datetime | None:

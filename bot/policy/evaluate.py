@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from bot.facts import MergeRequestFacts
+from collections.abc import Sequence
+
+from bot.logs import get_logger
 from bot.policy.combinators import earliest
-from bot.policy.model import Outcome, Policy, Status, Verdict, judge_rule
+from bot.policy.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
+from bot.policy.model import MissingFactError, Outcome, Policy, Status, Verdict, judge_rule
 from bot.terminal import printable
+
+log = get_logger(__name__)
 
 
 def leaf_text(outcome: Outcome) -> str:
@@ -66,6 +71,53 @@ def evaluate(policy: Policy, facts: MergeRequestFacts) -> Verdict:
         outcome=root,
         wake_at=root.wake_at,
     )
+
+
+def applies(policy: Policy, facts: MergeRequestFacts, *, unknown: bool = True) -> bool:
+    """Whether `policy` applies, judging only scope rules that need no optional fact.
+
+    Rules that need optional facts (e.g. `changed_files`) count as `unknown`.
+    """
+    for rule in policy.applies_to:
+        if rule.needs:
+            if not unknown:
+                return False
+            continue
+        if not rule.evaluate(facts).passed:
+            return False
+    return True
+
+
+def judge(policy: Policy, facts: MergeRequestFacts) -> Verdict:
+    """`evaluate`, guarded: a fact GitLab refused to give makes only the rules that are judged
+    and need it undecided (so a policy whose `applies_to` excludes the MR never fails for a
+    group it names), and a fetching bug fails the check with what went wrong instead of
+    leaving it pending."""
+    try:
+        return evaluate(policy, facts)
+    except MissingFactError as exc:
+        log.error("missing_fact", check=policy.check, error=str(exc))
+        return _cannot_judge(policy, f"cannot judge: {exc}")
+
+
+def _cannot_judge(policy: Policy, reason: str) -> Verdict:
+    advisory = policy.mode == "advisory"
+    fix = "report this to the bot's operators: it is a bug in the bot"
+    outcome = Outcome(policy.check, False, reason, fix=fix)
+    return Verdict(
+        policy.check,
+        "passed" if advisory else "failed",
+        f"advisory: would fail: {reason}" if advisory else reason,
+        advisory=advisory,
+        outcome=outcome,
+    )
+
+
+def needs_of(policies: Sequence[Policy]) -> FactNeeds:
+    needs = NO_NEEDS
+    for policy in policies:
+        needs = needs | policy.needs
+    return needs
 
 
 def _own_fix(outcome: Outcome) -> bool:

@@ -13,9 +13,7 @@ from pathlib import Path
 from yaml.nodes import MappingNode
 
 from bot.policy import combinators as _combinators  # noqa: F401  (registers all/any/not)
-from bot.policy import freeze as _freeze  # noqa: F401  (registers freeze)
 from bot.policy import predicates as _predicates  # noqa: F401  (registers the predicates)
-from bot.policy.applies import compile_applies_to
 from bot.policy.model import Policy, PolicyLoadError, PolicyProblem, PolicySet, Rule
 from bot.policy.nodes import (
     MAX_POLICY_BYTES,
@@ -27,7 +25,8 @@ from bot.policy.nodes import (
     suggest,
     too_large,
 )
-from bot.policy.registry import REGISTRY, compile_rule_item
+from bot.policy.predicates.base import REGISTRY, compile_rule_item
+from bot.policy.predicates.scope import compile_applies_to
 
 TOP_KEYS = ("check", "description", "mode", "applies_to", "require", "comment")
 MODES = ("enforce", "advisory")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from bot.facts import FactNeeds, MergeRequestFacts
+from bot.policy.facts import FactNeeds, MergeRequestFacts
 
 Status = Literal["passed", "failed"]
 

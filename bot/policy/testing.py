@@ -16,8 +16,8 @@ from typing import Any, TextIO
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from bot.facts import ChangedFile, Commit, GroupMembers, MergeRequestFacts, User
 from bot.policy.evaluate import evaluate
+from bot.policy.facts import ChangedFile, Commit, GroupMembers, MergeRequestFacts, User
 from bot.policy.loader import (
     POLICY_SUFFIXES,
     compile_policy,
@@ -37,8 +37,8 @@ from bot.policy.nodes import (
     read_limited,
     suggest,
 )
-from bot.policy.predicates import PIPELINE_STATUSES
-from bot.policy.registry import compile_rule_item, rule_names
+from bot.policy.predicates.base import compile_rule_item, rule_names
+from bot.policy.predicates.pipeline import PIPELINE_STATUSES
 
 DEFAULT_NOW = dt.datetime(2026, 6, 10, 10, 0, tzinfo=dt.UTC)  # a Wednesday morning, no freeze
 DEFAULT_SHA = "0123456789abcdef0123456789abcdef01234567"

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from yaml.nodes import Node
 
-from bot.facts import MergeRequestFacts
+from bot.policy.facts import MergeRequestFacts
 from bot.policy.model import Outcome, Rule
 from bot.policy.nodes import Ctx
 from bot.policy.patterns import NameGlobs, compile_name_globs
-from bot.policy.predicates import ChangedFiles, SourceBranch, TargetBranch
-from bot.policy.registry import Predicate
+from bot.policy.predicates.base import Predicate
+from bot.policy.predicates.branches import SourceBranch, TargetBranch
+from bot.policy.predicates.changed_files import ChangedFiles
 
 KEYS = ("projects", "target_branches", "source_branches", "changed_files")
 

@@ -18,21 +18,22 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.decide import Decision, Evaluator, needs_of
-from bot.details import LINK_KEY, Sources, links_ctx
-from bot.details import add_routes as add_details_routes
-from bot.fetch import FactReader
-from bot.gitlab import GitLab, GitLabError
-from bot.intake import OffLoopInterpreter, make_webhook_handler, webhook_method_not_allowed
+from bot.gitlab.client import GitLab, GitLabError
+from bot.gitlab.snapshot import FactReader
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
-from bot.metrics import Metrics
-from bot.policy_store import PolicyStore
-from bot.queue import CoalescingQueue
-from bot.record import DecisionRecord
-from bot.references import unreadable
-from bot.sticky import StickyNotes, details_links
-from bot.sweep import BASE_REQUESTS_PER_EVALUATION, Sweeper
+from bot.policy.evaluate import needs_of
+from bot.service.decide import Decision, Evaluator
+from bot.service.details import LINK_KEY, Sources, links_ctx
+from bot.service.details import add_routes as add_details_routes
+from bot.service.intake import OffLoopInterpreter, make_webhook_handler, webhook_method_not_allowed
+from bot.service.metrics import Metrics
+from bot.service.policy_store import PolicyStore
+from bot.service.queue import CoalescingQueue
+from bot.service.record import DecisionRecord
+from bot.service.references import unreadable
+from bot.service.sticky import StickyNotes, details_links
+from bot.service.sweep import BASE_REQUESTS_PER_EVALUATION, Sweeper
 
 log = get_logger(__name__)
 

@@ -39,7 +39,7 @@ from bot.logs import get_logger
 from bot.terminal import printable
 
 if TYPE_CHECKING:
-    from bot.decide import Decision
+    from bot.service.decide import Decision
 
 log = get_logger(__name__)
 

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
-import re
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -19,31 +18,22 @@ from typing import Any, TextIO
 import aiohttp
 
 from bot.config import Settings
-from bot.decide import applies, judge, needs_of
-from bot.facts import MergeRequestFacts
-from bot.fetch import FactReader, HeadMoved, base_facts, merge_facts
-from bot.gitlab import GitLab, GitLabError
+from bot.gitlab.client import GitLab, GitLabError
+from bot.gitlab.snapshot import FactReader, HeadMoved, base_facts, merge_facts
+from bot.keys import parse_reference
 from bot.policy import render_verdict
+from bot.policy.evaluate import applies, judge, needs_of
+from bot.policy.facts import MergeRequestFacts
 from bot.policy.model import PolicyLoadError, Verdict
-from bot.policy.registry import listing, plural
-from bot.policy_store import PolicyStore
+from bot.policy.predicates.base import listing, plural
+from bot.service.policy_store import PolicyStore
 from bot.terminal import printable
 
-_REFERENCE = re.compile(r"^(?P<project>[^!\s]+)!(?P<iid>\d+)$")
 _BOLD, _DIM, _RESET = "\033[1m", "\033[2m", "\033[0m"
 
 
 class ExplainError(Exception):
     """Explaining failed for a reason the user can fix; the message is the one line shown."""
-
-
-def parse_reference(text: str) -> tuple[int | str, int]:
-    """`group/app!42` or `17!42` → (project, iid); raises ValueError with a usable message."""
-    match = _REFERENCE.match(text.strip())
-    if not match or int(match["iid"]) < 1:
-        raise ValueError(f"{text!r} is not PROJECT!IID (e.g. group/app!42 or 17!42)")
-    project = match["project"].strip("/")
-    return (int(project) if project.isdigit() else project), int(match["iid"])
 
 
 def use_color(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:

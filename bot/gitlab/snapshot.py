@@ -22,9 +22,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from bot.facts import ChangedFile, Commit, FactNeeds, GroupMembers, MergeRequestFacts, User
-from bot.gitlab import GitLab, GitLabError
+from bot.gitlab.client import GitLab, GitLabError
 from bot.logs import get_logger
+from bot.policy.facts import ChangedFile, Commit, FactNeeds, GroupMembers, MergeRequestFacts, User
 
 log = get_logger(__name__)
 

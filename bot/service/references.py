@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from bot.gitlab import GitLab, GitLabError, project_ref
+from bot.gitlab.client import GitLab, GitLabError, project_ref
 from bot.policy.model import Policy, Rule
 
 

@@ -20,14 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bot.config import Settings
-from bot.decide import Decision
-from bot.facts import MergeRequestFacts
-from bot.gitlab import GitLab, GitLabError
+from bot.gitlab.client import GitLab, GitLabError
 from bot.keys import MRKey
-from bot.links import load_link_key, signed_link
 from bot.logs import get_logger
 from bot.policy.evaluate import leaf_text
+from bot.policy.facts import MergeRequestFacts
 from bot.policy.model import Outcome
+from bot.service.decide import Decision
+from bot.service.links import load_link_key, signed_link
 
 log = get_logger(__name__)
 

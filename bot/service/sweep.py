@@ -13,10 +13,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from bot.gitlab import GitLab, GitLabError, RequestBudget
+from bot.gitlab.client import GitLab, GitLabError, RequestBudget
 from bot.keys import Hint, MRKey
 from bot.logs import get_logger
-from bot.queue import CoalescingQueue
+from bot.service.queue import CoalescingQueue
 
 log = get_logger(__name__)
 

@@ -26,7 +26,7 @@ from prometheus_client.exposition import choose_encoder
 from bot.keys import MRKey
 
 if TYPE_CHECKING:
-    from bot.decide import Decision
+    from bot.service.decide import Decision
 
 PREFIX = "gitlab_status_bot"
 
@@ -252,7 +252,7 @@ class Metrics:
         self.queue_scheduled.set_function(scheduled)
 
     def watch_record(self, record: Any) -> None:
-        """Read the decision record's health (bot.record.DecisionRecord) at scrape time, and
+        """Read the decision record's health (bot.service.record.DecisionRecord) at scrape time, and
         count its errors as they happen (from its writer thread too: counters are thread-safe).
         """
         self.record_failing.set_function(lambda: 0 if record.failing_since is None else 1)
@@ -262,7 +262,7 @@ class Metrics:
         record.on_error = lambda op: self.record_errors.labels(op=op).inc()
 
     def watch_policies(self, store: Any) -> None:
-        """Read the policy store (bot.policy_store.PolicyStore) at scrape time, and count its
+        """Read the policy store (bot.service.policy_store.PolicyStore) at scrape time, and count
         reloads."""
         self.policies_loaded.set_function(lambda: len(store.current))
         self.policies_broken.set_function(lambda: 0 if store.broken_since is None else 1)

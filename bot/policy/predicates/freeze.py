@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import re2
 from yaml.nodes import Node
 
-from bot.facts import MergeRequestFacts
+from bot.policy.facts import MergeRequestFacts
 from bot.policy.model import Outcome
 from bot.policy.nodes import Ctx, suggest
-from bot.policy.registry import Predicate, register
+from bot.policy.predicates.base import Predicate, register
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _WEEKDAY = {name[:3]: index for index, name in enumerate(WEEKDAYS)} | {

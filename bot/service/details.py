@@ -23,14 +23,14 @@ import jinja2
 from aiohttp import web
 
 from bot.config import Settings
-from bot.explain import parse_reference
-from bot.facts import MergeRequestFacts
-from bot.fetch import base_facts
-from bot.gitlab import GitLab, GitLabError
-from bot.links import load_link_key, signed_link, verify
+from bot.gitlab.client import GitLab, GitLabError
+from bot.gitlab.snapshot import base_facts
+from bot.keys import parse_reference
 from bot.logs import get_logger
+from bot.policy.facts import MergeRequestFacts
 from bot.policy.model import PolicySet
-from bot.record import DecisionRecord, StateError
+from bot.service.links import load_link_key, signed_link, verify
+from bot.service.record import DecisionRecord, StateError
 
 log = get_logger(__name__)
 

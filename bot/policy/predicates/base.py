@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from yaml.nodes import Node
 
-from bot.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
+from bot.policy.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
 from bot.policy.model import Outcome, Rule
 from bot.policy.nodes import Ctx, describe, suggest
 

@@ -28,10 +28,10 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import aiohttp
 
 from bot.config import Settings
-from bot.gitlab import GitLab, GitLabError, Version, project_ref
-from bot.policy.applies import Projects, TargetBranches
+from bot.gitlab.client import GitLab, GitLabError, Version, project_ref
 from bot.policy.model import Policy, PolicyLoadError
-from bot.policy_store import PolicyStore
+from bot.policy.predicates.scope import Projects, TargetBranches
+from bot.service.policy_store import PolicyStore
 
 SHARED_SECRET_SINCE = Version(17, 3)  # status checks sign requests (X-Gitlab-Signature)
 REQUIRE_SETTING_SINCE = Version(15, 5)  # only_allow_merge_if_all_status_checks_passed
