@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bot.gitlab.client import Version
+from bot.gitlab.compat import Version
 from bot.service.app import GITLAB
 from tests import payloads
 from tests.conftest import Bot

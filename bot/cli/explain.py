@@ -12,18 +12,18 @@ import dataclasses
 import datetime as dt
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import aiohttp
 
 from bot.config import Settings
 from bot.gitlab.client import GitLab, GitLabError
-from bot.gitlab.snapshot import FactReader, HeadMoved, base_facts, merge_facts
+from bot.gitlab.snapshot import HeadMoved, SnapshotReader, StatusCheck
 from bot.keys import parse_reference
 from bot.policy import render_verdict
 from bot.policy.evaluate import applies, judge, needs_of
-from bot.policy.facts import MergeRequestFacts
+from bot.policy.facts import FactNeeds, MergeRequestFacts
 from bot.policy.model import PolicyLoadError, Verdict
 from bot.policy.predicates.base import listing, plural
 from bot.service.policy_store import PolicyStore
@@ -51,7 +51,7 @@ class Reading:
 
     facts: MergeRequestFacts
     fetched: list[str]
-    listed: list[dict[str, Any]] | None
+    listed: list[StatusCheck] | None
     listed_problem: str | None
     version: str
     requests: list[tuple[str, str]]
@@ -68,44 +68,36 @@ async def read_mr(settings: Settings, project: int | str, iid: int, policies: li
         gitlab = GitLab.from_settings(session, settings, max_attempts=2, on_response=record)
         await gitlab.detect_version()
         reference = f"{project}!{iid}"
-        mr_read, checks_read = await asyncio.gather(
-            gitlab.merge_request(project, iid),
-            gitlab.status_checks(project, iid),
-            return_exceptions=True,
-        )
-        if isinstance(mr_read, GitLabError):
-            raise ExplainError(f"cannot read merge request {reference}: {mr_read.advice()}")
-        if isinstance(mr_read, BaseException):
-            raise mr_read
-        listed: list[dict[str, Any]] | None = None
-        listed_problem = None
-        if isinstance(checks_read, GitLabError):
-            listed_problem = checks_read.advice()
-        elif isinstance(checks_read, BaseException):
-            raise checks_read
-        else:
-            listed = checks_read
-        facts = base_facts(mr_read, project_path=project if isinstance(project, str) else None)
-        facts = dataclasses.replace(facts, now=dt.datetime.now(dt.UTC))
-        needs = needs_of([p for p in policies if applies(p, facts)])
+        fetched: list[FactNeeds] = []
+
+        def needs_for(facts: MergeRequestFacts, checks: Sequence[StatusCheck]) -> FactNeeds:
+            # Every policy, listed as a check or not: explain shows what each would say.
+            fetched.append(needs_of([p for p in policies if applies(p, facts)]))
+            return fetched[-1]
+
         try:
-            # Read after the MR read: these facts describe its head (or a newer one, which
-            # HeadMoved reports where a read shows it).
-            optional = await FactReader(gitlab).read(mr_read, facts, needs)
+            snapshot = await SnapshotReader(gitlab).read(
+                project,
+                iid,
+                needs_for,
+                project_path=project if isinstance(project, str) else None,
+                now=dt.datetime.now(dt.UTC),
+                checks_optional=True,
+            )
         except HeadMoved as moved:
             raise ExplainError(
                 f"{reference} changed while it was read ({moved}): run explain again"
             ) from None
         except GitLabError as exc:
-            raise ExplainError(
-                f"cannot read the facts of {reference} ({', '.join(needs.describe())}): "
-                f"{exc.advice()}"
-            ) from None
+            what = (
+                "merge request" if exc.path.endswith(f"/merge_requests/{iid}") else "the facts of"
+            )
+            raise ExplainError(f"cannot read {what} {reference}: {exc.advice()}") from None
         return Reading(
-            facts=merge_facts(facts, optional),
-            fetched=needs.describe(),
-            listed=listed,
-            listed_problem=listed_problem,
+            facts=snapshot.facts,
+            fetched=fetched[-1].describe() if fetched else [],
+            listed=None if snapshot.checks_problem else list(snapshot.checks),
+            listed_problem=snapshot.checks_problem,
             version=str(gitlab.version),
             requests=requests,
         )
@@ -163,7 +155,7 @@ def describe_facts(reading: Reading) -> list[str]:
         names = listing(sorted(members.members), 8) if members.members else "nobody"
         lines.append(f"members of {group}: {names}")
     if reading.listed is not None:
-        shown = [f"{c.get('name')} {c.get('status')}" for c in reading.listed]
+        shown = [f"{c.name} {c.status}" for c in reading.listed]
         lines.append(f"status checks: {', '.join(shown) or 'none listed for this MR'}")
     else:
         lines.append(f"status checks: not readable: {reading.listed_problem}")
@@ -219,7 +211,7 @@ async def _explain(
         print(f"  {printable(line)}", file=out)
     for name, advice in sorted(facts.unreadable.items()):
         print(printable(f"  could not read {name}: {advice}"), file=out)
-    shown = {str(c.get("name")): str(c.get("status")) for c in reading.listed or []}
+    shown = {c.name: c.status for c in reading.listed or []}
     verdicts = []
     for policy in policy_set.policies:
         verdict = judge(policy, facts)

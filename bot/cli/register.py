@@ -28,13 +28,13 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import aiohttp
 
 from bot.config import Settings
-from bot.gitlab.client import GitLab, GitLabError, Version, project_ref
+from bot.gitlab import compat
+from bot.gitlab.client import GitLab, GitLabError, project_ref
+from bot.gitlab.compat import Version
 from bot.policy.model import Policy, PolicyLoadError
 from bot.policy.predicates.scope import Projects, TargetBranches
 from bot.service.policy_store import PolicyStore
 
-SHARED_SECRET_SINCE = Version(17, 3)  # status checks sign requests (X-Gitlab-Signature)
-REQUIRE_SETTING_SINCE = Version(15, 5)  # only_allow_merge_if_all_status_checks_passed
 REQUIRE_SETTING = "only_allow_merge_if_all_status_checks_passed"
 REQUIRE_LABEL = '"Status checks must succeed"'
 HOOK_EVENTS = {
@@ -193,7 +193,7 @@ def plan_checks(
     """Items for the status checks: create missing ones, update those that differ."""
     items: list[Item] = []
     notes: list[str] = []
-    signs = secret is not None and version >= SHARED_SECRET_SINCE
+    signs = secret is not None and compat.signs_status_checks(version)
     by_name = {str(c.get("name")): c for c in existing}
     wanted = list(policies)
     path = f"/projects/{project_id}/external_status_checks"
@@ -317,7 +317,7 @@ def plan_require(
     project: dict[str, Any], *, version: Version, require: bool
 ) -> tuple[Item | None, str]:
     """The "Status checks must succeed" item (only with --require) and a sentence on its state."""
-    if version < REQUIRE_SETTING_SINCE:
+    if not compat.has_require_setting(version):
         state = f"{REQUIRE_LABEL} does not exist before GitLab 15.5 (this is {version})"
         return None, state
     if REQUIRE_SETTING not in project:
@@ -554,7 +554,7 @@ async def run_register(
             )
         if options.webhook_secret is None:
             print("note: WEBHOOK_SECRET is unset: the webhooks get no secret token", file=out)
-        if options.status_check_secret is not None and version < SHARED_SECRET_SINCE:
+        if options.status_check_secret is not None and not compat.signs_status_checks(version):
             print(
                 f"warning: STATUS_CHECK_SECRET is set but GitLab {version} cannot sign "
                 "status-check requests (17.3+): the bot will answer them 401; "

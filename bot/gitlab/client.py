@@ -10,10 +10,8 @@ import asyncio
 import email.utils
 import json
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -22,6 +20,8 @@ import gidgetlab.aiohttp
 from gidgetlab import exceptions as gl_exc
 from gidgetlab import sansio
 
+from bot.gitlab import compat
+from bot.gitlab.compat import ASSUMED_VERSION, Version
 from bot.logs import get_logger
 
 if TYPE_CHECKING:
@@ -34,25 +34,6 @@ USER_AGENT = "gitlab-status-check-bot"
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 VERSION_RETRY_MAX = 60.0  # seconds between two asks of an unknown version, at most
 PROBE_SHA = "0" * 40  # never a head: a probe POST can only be refused (see reports_failures_probe)
-_VERSION_RE = re.compile(r"^(\d+)\.(\d+)")
-
-
-@dataclass(frozen=True, order=True)
-class Version:
-    major: int
-    minor: int
-
-    @classmethod
-    def parse(cls, text: str) -> Version | None:
-        match = _VERSION_RE.match(text or "")
-        return cls(int(match[1]), int(match[2])) if match else None
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}"
-
-
-# When /version cannot be read we assume a current GitLab: every behaviour we rely on since 15.7.
-ASSUMED_VERSION = Version(18, 0)
 
 
 class GitLabError(Exception):
@@ -606,7 +587,7 @@ class GitLab:
         """Whether GitLab can show a failed check: from its version, else from what answers
         revealed; None while neither tells (GitLab 14.x would read a failure as approval)."""
         if self.detected_version is not None:
-            return self.detected_version >= Version(15, 0)
+            return compat.reports_failures(self.detected_version)
         return self.learned_reports_failures
 
     async def reports_failures_probe(self, project: int | str, iid: int, check_id: int) -> None:
@@ -664,7 +645,7 @@ class GitLab:
         self, project: int | str, iid: int
     ) -> tuple[list[dict[str, Any]], bool]:
         """The MR's diff entries, and whether GitLab truncated them (only /changes can)."""
-        if self.version >= Version(15, 7):
+        if compat.has_diffs_endpoint(self.version):
             return await self.get_all(f"{self._mr_path(project, iid)}/diffs"), False
         answer = await self.get(f"{self._mr_path(project, iid)}/changes")
         return list(answer.get("changes") or []), bool(answer.get("overflow"))

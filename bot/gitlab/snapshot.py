@@ -1,8 +1,13 @@
-"""Reading MR facts from GitLab: the snapshot itself plus exactly the optional facts asked for.
+"""The one read of a merge request: the MR, its status checks, and exactly the optional facts
+the caller's policies need, all for one head SHA. `SnapshotReader.read` serves the service's
+evaluations, `explain` and the details page alike (docs/architecture.md, "The snapshot").
 
-All optional facts are fetched concurrently, so an evaluation costs one round trip for the reads
-however many kinds of facts its policies use. Where GitLab's answer may lag or be cut (see
-README, "What the bot will not guess"), the facts say so instead of pretending:
+The MR read says which head the facts must describe. A fact read answered before it might
+describe the previous head (a push landing while the reads run), so facts are read after the MR
+read, except when this reader already saw the same head before the round began: then MR, checks
+and facts come in one concurrent round. Optional facts are fetched concurrently, and where
+GitLab's answer may lag or be cut (README, "What the bot will not guess"), the facts say so
+instead of pretending:
 
 - a head pipeline built for an older head is not the head's pipeline (`pipeline_status` None);
 - a diff GitLab cut or collapsed is completed from GraphQL `diffStats` where it can be, and
@@ -19,12 +24,22 @@ import dataclasses
 import datetime as dt
 import itertools
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from bot.gitlab.client import GitLab, GitLabError
+from bot.gitlab.compat import draft_of, head_pipeline_of, project_path_of
 from bot.logs import get_logger
-from bot.policy.facts import ChangedFile, Commit, FactNeeds, GroupMembers, MergeRequestFacts, User
+from bot.policy.facts import (
+    NO_NEEDS,
+    ChangedFile,
+    Commit,
+    FactNeeds,
+    GroupMembers,
+    MergeRequestFacts,
+    User,
+)
 
 log = get_logger(__name__)
 
@@ -64,21 +79,6 @@ def _user(data: Any) -> User:
     return User(int(data.get("id") or 0), str(data.get("username") or ""))
 
 
-def _project_path(mr: Mapping[str, Any], fallback: str | None) -> str:
-    references = mr.get("references")
-    if isinstance(references, Mapping) and isinstance(references.get("full"), str):
-        return references["full"].rsplit("!", 1)[0]
-    web_url = mr.get("web_url")
-    if isinstance(web_url, str) and "/-/merge_requests/" in web_url:
-        return web_url.split("/-/merge_requests/")[0].split("://", 1)[-1].split("/", 1)[-1]
-    return fallback or str(mr.get("project_id", ""))
-
-
-def head_pipeline(mr: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    pipeline = mr.get("head_pipeline") or mr.get("pipeline")
-    return pipeline if isinstance(pipeline, Mapping) else None
-
-
 def base_facts(mr: Mapping[str, Any], *, project_path: str | None = None) -> MergeRequestFacts:
     """The MR snapshot from `GET /projects/:id/merge_requests/:iid`, any GitLab version.
 
@@ -87,14 +87,11 @@ def base_facts(mr: Mapping[str, Any], *, project_path: str | None = None) -> Mer
     (a merged-results pipeline, built on a merge commit, is checked by `FactReader`)."""
     labels = mr.get("labels") or []
     sha = str(mr.get("sha") or "")
-    pipeline = head_pipeline(mr)
+    pipeline = head_pipeline_of(mr)
     for_head = pipeline is not None and pipeline.get("sha") == sha
-    draft = mr.get("draft")
-    if draft is None:
-        draft = mr.get("work_in_progress", False)
     return MergeRequestFacts(
         project_id=int(mr["project_id"]),
-        project_path=_project_path(mr, project_path),
+        project_path=project_path_of(mr, project_path),
         iid=int(mr["iid"]),
         sha=sha,
         title=str(mr.get("title") or ""),
@@ -102,7 +99,7 @@ def base_facts(mr: Mapping[str, Any], *, project_path: str | None = None) -> Mer
         labels=tuple(
             label if isinstance(label, str) else str(label.get("title", "")) for label in labels
         ),
-        draft=bool(draft),
+        draft=draft_of(mr),
         state=str(mr.get("state") or ""),
         source_branch=str(mr.get("source_branch") or ""),
         target_branch=str(mr.get("target_branch") or ""),
@@ -329,7 +326,7 @@ class FactReader:
         raw = await self.fetch(facts.project_id, facts.iid, needs)
         return await self.interpret(raw, mr, facts, needs)
 
-    async def fetch(self, project_id: int, iid: int, needs: FactNeeds) -> dict[str, Any]:
+    async def fetch(self, project_id: int | str, iid: int, needs: FactNeeds) -> dict[str, Any]:
         """The reads `needs` takes that depend on nothing but the MR's key, concurrently:
         {job: answer or the GitLabError it raised}. Transient errors are raised."""
         gitlab = self.gitlab
@@ -417,7 +414,7 @@ class FactReader:
         or /train) counts for the head when the head is one of the commit's parents: GitLab's
         own `diff_head_pipeline` accepts it because its `source_sha` (not in the API) is the
         head. Any other pipeline for another SHA is stale (base_facts)."""
-        pipeline = head_pipeline(mr)
+        pipeline = head_pipeline_of(mr)
         if (
             not facts.stale_pipeline_sha
             or pipeline is None
@@ -541,3 +538,122 @@ def merge_facts(facts: MergeRequestFacts, *optional: Mapping[str, Any]) -> Merge
             else:
                 fields[name] = value
     return dataclasses.replace(facts, **fields) if fields else facts
+
+
+# -- the snapshot --------------------------------------------------------------------------------
+
+# What GitLab shows for a status check on the MR's head: passed/failed/pending (15.0+), or
+# approved/pending (14.x).
+Shown = Literal["passed", "failed", "pending", "approved"]
+
+
+@dataclass(frozen=True)
+class StatusCheck:
+    """A status check GitLab lists for the MR (GET .../status_checks), with what it shows for
+    the MR's head."""
+
+    id: int
+    name: str
+    status: Shown
+    external_url: str = ""
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> StatusCheck:
+        status = str(data.get("status") or "pending")
+        return cls(
+            id=int(data["id"]),
+            name=str(data.get("name") or ""),
+            status=status if status in ("passed", "failed", "approved") else "pending",  # type: ignore[arg-type]
+            external_url=str(data.get("external_url") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One read of an MR: GitLab's answer for the MR, the facts (optional ones as asked), and
+    the listed status checks, all for the head `facts.sha`."""
+
+    mr: Mapping[str, Any]
+    facts: MergeRequestFacts
+    checks: tuple[StatusCheck, ...]
+    # Why the checks could not be read (with `checks_optional`; the checks are then empty).
+    checks_problem: str | None = None
+
+
+# Given the MR's base facts and its listed checks: which optional facts to read.
+NeedsFor = Callable[[MergeRequestFacts, Sequence[StatusCheck]], FactNeeds]
+HEAD_MEMORY = 100_000  # MRs whose last head a reader remembers (oldest forgotten first)
+
+
+def _no_facts(facts: MergeRequestFacts, checks: Sequence[StatusCheck]) -> FactNeeds:
+    return NO_NEEDS
+
+
+class SnapshotReader:
+    """Reads MR snapshots, remembering the head it last read per MR (that lets a later read of
+    the same head take one round)."""
+
+    def __init__(self, gitlab: GitLab, facts: FactReader | None = None) -> None:
+        self.gitlab = gitlab
+        self.facts = facts or FactReader(gitlab)
+        self._heads: dict[tuple[int | str, int], str] = {}
+
+    async def read(
+        self,
+        project: int | str,
+        iid: int,
+        needs_for: NeedsFor = _no_facts,
+        *,
+        guess: FactNeeds = NO_NEEDS,
+        hint_sha: str | None = None,
+        project_path: str | None = None,
+        now: dt.datetime | None = None,
+        checks_optional: bool = False,
+    ) -> Snapshot:
+        """The MR, its checks and the facts `needs_for` asks (nothing more for a closed MR).
+
+        `guess`: the facts to read alongside the MR when one round may do (this reader saw the
+        head before, and `hint_sha`, what a delivery said the head is, names no other one).
+        `checks_optional`: a refused status-check list (e.g. no Ultimate licence) is reported in
+        `checks_problem` instead of raised. Raises GitLabError when GitLab failed, HeadMoved
+        when a read showed another head."""
+        key = (project, iid)
+        known = self._heads.get(key)
+        prefetch = guess if known is not None and hint_sha in (None, known) else NO_NEEDS
+        mr, listed, raw = await asyncio.gather(
+            self.gitlab.merge_request(project, iid),
+            self.gitlab.status_checks(project, iid),
+            self.facts.fetch(project, iid, prefetch),
+            return_exceptions=True,
+        )
+        for answer in (mr, raw, listed):
+            refused = isinstance(answer, GitLabError) and not answer.transient
+            if isinstance(answer, BaseException) and not (
+                answer is listed and checks_optional and refused
+            ):
+                raise answer
+        problem = listed.advice() if isinstance(listed, GitLabError) else None
+        listed = [] if problem is not None else listed
+        facts = base_facts(mr, project_path=project_path)
+        if now is not None:
+            facts = dataclasses.replace(facts, now=now)
+        self._remember(key, facts.sha)
+        checks = tuple(StatusCheck.from_api(c) for c in listed if isinstance(c, Mapping))
+        if facts.state != "opened":
+            return Snapshot(mr, facts, checks, problem)
+        needs = needs_for(facts, checks)
+        if facts.sha != known:
+            prefetch, raw = NO_NEEDS, {}  # read before the head was known: maybe not its facts
+        missing = needs - prefetch
+        if missing:
+            log.debug("fact_read", mr=f"{project}!{iid}", sha=facts.sha, needs=missing.describe())
+            raw = {**raw, **await self.facts.fetch(project, iid, missing)}
+        if needs or prefetch:
+            facts = merge_facts(facts, await self.facts.interpret(raw, mr, facts, needs | prefetch))
+        return Snapshot(mr, facts, checks, problem)
+
+    def _remember(self, key: tuple[int | str, int], sha: str) -> None:
+        self._heads.pop(key, None)
+        self._heads[key] = sha
+        if len(self._heads) > HEAD_MEMORY:
+            del self._heads[next(iter(self._heads))]

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.gitlab.client import GitLab, GitLabError
-from bot.gitlab.snapshot import FactReader
+from bot.gitlab.snapshot import FactReader, SnapshotReader
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
 from bot.policy.evaluate import needs_of
@@ -203,7 +203,9 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         app[GITLAB],
         lambda: store.current,
         submit=queue.submit,
-        reader=FactReader(app[GITLAB], settle_seconds=settings.approval_settle_seconds),
+        reader=SnapshotReader(
+            app[GITLAB], FactReader(app[GITLAB], settle_seconds=settings.approval_settle_seconds)
+        ),
         last_posted=lambda key, check: record.last_posted(key.project_id, key.iid, check),
     )
     app[QUEUE] = queue

@@ -16,16 +16,17 @@ import asyncio
 import datetime as dt
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
+from bot.gitlab import compat
 from bot.gitlab.client import GitLab, GitLabError
-from bot.gitlab.snapshot import FactReader, HeadMoved, base_facts, merge_facts
+from bot.gitlab.snapshot import HeadMoved, Shown, SnapshotReader, StatusCheck
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
 from bot.policy.evaluate import applies, judge, needs_of
-from bot.policy.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
+from bot.policy.facts import FactNeeds, MergeRequestFacts
 from bot.policy.model import Policy, PolicySet, Verdict
 
 log = get_logger(__name__)
@@ -35,6 +36,12 @@ MAX_RETRY_DELAY = 300.0
 # sooner when the version may be asked again sooner.
 DEFERRED_RETRY = 30.0
 POSTED_MEMORY = 100_000
+
+
+# What was done about a verdict: posted to GitLab; unchanged (GitLab shows it already);
+# not_reportable (GitLab 14.x cannot show a failure); deferred (a failure waits until GitLab's
+# version is known); stale (the head moved before the post landed).
+Action = Literal["posted", "unchanged", "not_reportable", "deferred", "stale"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,8 @@ class Decision:
     check: str
     check_id: int
     verdict: Verdict
-    gitlab_status: str
-    action: str  # posted | unchanged | not_reportable | deferred | stale
+    gitlab_status: Shown
+    action: Action
     policy: Policy
     trigger: str
     at: dt.datetime
@@ -56,25 +63,19 @@ class Decision:
     tampered: bool = False
 
 
-# What one read of an MR gives an evaluation: facts, (listed check, policy) pairs, the listed
-# checks, and the MR as GitLab answered.
-_Read = tuple[
-    MergeRequestFacts, list[tuple[dict[str, Any], Policy]], list[dict[str, Any]], dict[str, Any]
-]
-
 DecisionListener = Callable[[Decision], Awaitable[None] | None]
 # Called once per completed evaluation with all its decisions (e.g. one sticky note per MR).
 EvaluationListener = Callable[[MRKey, MergeRequestFacts, list[Decision]], Awaitable[None] | None]
 
 
-def status_shown(verdict: Verdict, gitlab_status: str) -> bool:
+def status_shown(verdict: Verdict, gitlab_status: Shown) -> bool:
     """Whether GitLab already shows this verdict (14.x shows `approved` for a passed check)."""
     if verdict.status == "passed":
         return gitlab_status in ("passed", "approved")
     return gitlab_status == "failed"
 
 
-def action_for(verdict: Verdict, gitlab_status: str, reports_failures: bool | None) -> str:
+def action_for(verdict: Verdict, gitlab_status: Shown, reports_failures: bool | None) -> Action:
     """What to do about one verdict. `reports_failures` is None while GitLab's version is
     unknown: a failure then waits, because GitLab 14.x would read any POST as an approval."""
     if status_shown(verdict, gitlab_status):
@@ -87,27 +88,15 @@ def action_for(verdict: Verdict, gitlab_status: str, reports_failures: bool | No
 
 
 def reports_failures(
-    gitlab: GitLab, listed: Sequence[dict[str, Any]], mr: dict[str, Any] | None = None
+    gitlab: GitLab, listed: Sequence[StatusCheck], mr: Mapping[str, Any] | None = None
 ) -> bool | None:
     """Whether GitLab can show a failed check: known from its version, or learned from what
-    GitLab's answers show (kept by the client for every later evaluation); None when nothing
-    tells yet.
-
-    - a listed `approved`: only 14.0-14.8 say that (ee/lib/api/entities/merge_requests/
-      status_check.rb then showed approved/pending) → failures cannot be shown;
-    - a listed `passed` or `failed`: only GitLab that takes `status` shows them (15.0+, or 14.9+
-      with its flag on) → failures can be shown;
-    - the MR read has `detailed_merge_status`: exposed from 15.6 on (lib/api/entities/
-      merge_request_basic.rb; 14.x has only `merge_status`) → failures can be shown.
-    """
+    GitLab's answers show (compat.failures_shown_by; kept by the client for every later
+    evaluation); None when nothing tells yet."""
     if gitlab.detected_version is None:
-        statuses = {check.get("status") for check in listed}
-        if "approved" in statuses:
-            gitlab.learn_reports_failures(False, "a status check listed as approved")
-        elif statuses & {"passed", "failed"}:
-            gitlab.learn_reports_failures(True, "a status check listed as passed or failed")
-        if mr is not None and "detailed_merge_status" in mr:
-            gitlab.learn_reports_failures(True, "the merge request shows detailed_merge_status")
+        shown = compat.failures_shown_by((check.status for check in listed), mr)
+        if shown is not None:
+            gitlab.learn_reports_failures(*shown)
     return gitlab.known_reports_failures
 
 
@@ -133,14 +122,14 @@ class Evaluator:
         policies: Callable[[], PolicySet],
         *,
         submit: Callable[[MRKey, Hint], Any],
-        reader: FactReader | None = None,
+        reader: SnapshotReader | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         last_posted: Callable[[MRKey, str], Awaitable[tuple[str, str] | None]] | None = None,
     ) -> None:
         self.gitlab = gitlab
         self.policies = policies
         self.submit = submit
-        self.reader = reader or FactReader(gitlab)
+        self.reader = reader or SnapshotReader(gitlab)
         self.clock = clock
         self.listeners: list[DecisionListener] = []
         self.retry_base = 5.0  # seconds before re-evaluating after a transient GitLab failure
@@ -157,8 +146,6 @@ class Evaluator:
         self.last_posted = last_posted
         # Consecutive 409s per MR: the first re-evaluation is immediate, later ones back off.
         self._head_moves: dict[MRKey, int] = {}
-        # The head SHA each MR had when this process last finished reading it (bounded).
-        self._heads: dict[MRKey, str] = {}
 
     # -- the queue's entry point --------------------------------------------------------------
 
@@ -215,14 +202,43 @@ class Evaluator:
         if not policy_set.policies:
             log.warning("no_policies", key=str(key))
             return None
+        matched: list[tuple[StatusCheck, Policy]] = []
+
+        def needs_for(facts: MergeRequestFacts, checks: Sequence[StatusCheck]) -> FactNeeds:
+            """Match the listed checks to policies; read what the applicable ones need."""
+            self._known_checks[key.project_id] = frozenset(c.name for c in checks)
+            matched[:] = [(c, p) for c in checks if (p := policy_set.get(c.name)) is not None]
+            return needs_of([policy for _, policy in matched if applies(policy, facts)])
+
         try:
-            read = await self._read(key, hint, policy_set)
+            snapshot, _ = await asyncio.gather(
+                self.reader.read(
+                    key.project_id,
+                    key.iid,
+                    needs_for,
+                    guess=self._prefetch_needs(policy_set, key, hint),
+                    hint_sha=hint.sha if hint else None,
+                    project_path=hint.project_path if hint else None,
+                    now=self.clock(),
+                ),
+                # How failures are reported depends on the version: while it is unknown, ask
+                # again when it is time (alongside the reads, so no evaluation waits for it).
+                self.gitlab.refresh_version(),
+            )
         except HeadMoved as moved:
             log.info("head_moved", project_id=key.project_id, mr=key.iid, reason=str(moved))
             return self._look_again(key)
-        if read is None:
+        facts, listed, mr = snapshot.facts, snapshot.checks, snapshot.mr
+        log_ctx = {"project": facts.project_path, "mr": key.iid, "sha": facts.sha}
+        if facts.state != "opened":
+            log.info("skipped", reason=f"merge request is {facts.state}", **log_ctx)
             return None
-        facts, matched, listed, mr = read
+        unmatched = [c.name for c in listed if policy_set.get(c.name) is None]
+        if unmatched:
+            log.info("checks_without_policy", checks=unmatched, **log_ctx)
+        if not matched:
+            log.info("no_matching_checks", listed=len(listed), **log_ctx)
+            return None
         decisions = await self._decide(key, facts, matched, trigger, listed, mr)
         if decisions is None:
             # The head moved under us: look again at once, and back off if it keeps happening
@@ -251,59 +267,6 @@ class Evaluator:
             del self._head_moves[next(iter(self._head_moves))]
         return 0.0 if moves == 1 else min(MAX_RETRY_DELAY, 0.5 * 2 ** (moves - 2))
 
-    async def _read(self, key: MRKey, hint: Hint | None, policy_set: PolicySet) -> _Read | None:
-        """The MR, its listed checks with their policies, and the facts those policies need,
-        all for one head SHA (see the module docstring). None when there is nothing to judge."""
-        known = self._heads.get(key)
-        # One concurrent round only when this process saw this head before the round began and
-        # the delivery does not announce another one (a push): the facts then describe it.
-        optimistic = known is not None and (hint is None or hint.sha in (None, known))
-        prefetch = self._prefetch_needs(policy_set, key, hint) if optimistic else NO_NEEDS
-        mr, listed, raw, _ = await asyncio.gather(
-            self.gitlab.merge_request(key.project_id, key.iid),
-            self.gitlab.status_checks(key.project_id, key.iid),
-            self.reader.fetch(key.project_id, key.iid, prefetch),
-            # How failures are reported depends on the version: while it is unknown, ask again
-            # when it is time (alongside the reads, so an evaluation never waits for it).
-            self.gitlab.refresh_version(),
-        )
-        facts = base_facts(mr, project_path=hint.project_path if hint else None)
-        facts = replace(facts, now=self.clock())
-        self._remember_head(key, facts.sha)
-        log_ctx = {"project": facts.project_path, "mr": key.iid, "sha": facts.sha}
-        if facts.state != "opened":
-            log.info("skipped", reason=f"merge request is {facts.state}", **log_ctx)
-            return None
-        self._known_checks[key.project_id] = frozenset(str(c.get("name")) for c in listed)
-        matched: list[tuple[dict[str, Any], Policy]] = []
-        unmatched = []
-        for check in listed:
-            policy = policy_set.get(str(check.get("name")))
-            if policy is None:
-                unmatched.append(str(check.get("name")))
-            else:
-                matched.append((check, policy))
-        if unmatched:
-            log.info("checks_without_policy", checks=unmatched, **log_ctx)
-        if not matched:
-            log.info("no_matching_checks", listed=len(listed), **log_ctx)
-            return None
-        if facts.sha != known:
-            prefetch, raw = NO_NEEDS, {}  # read before the head was known: maybe not its facts
-        needs = needs_of([policy for _, policy in matched if applies(policy, facts)])
-        missing = needs - prefetch
-        if missing:
-            log.debug("fact_read", needs=missing.describe(), **log_ctx)
-            raw = {**raw, **await self.reader.fetch(key.project_id, key.iid, missing)}
-        facts = merge_facts(facts, await self.reader.interpret(raw, mr, facts, needs | prefetch))
-        return facts, matched, listed, mr
-
-    def _remember_head(self, key: MRKey, sha: str) -> None:
-        self._heads.pop(key, None)
-        self._heads[key] = sha
-        if len(self._heads) > POSTED_MEMORY:
-            del self._heads[next(iter(self._heads))]
-
     def release_deferred(self) -> None:
         """Once GitLab's version (or what it implies) is known, look again at once at every MR
         whose failure waited for it."""
@@ -328,25 +291,24 @@ class Evaluator:
         self,
         key: MRKey,
         facts: MergeRequestFacts,
-        matched: list[tuple[dict[str, Any], Policy]],
+        matched: list[tuple[StatusCheck, Policy]],
         trigger: str,
-        listed: Sequence[dict[str, Any]],
-        mr: dict[str, Any] | None = None,
+        listed: Sequence[StatusCheck],
+        mr: Mapping[str, Any] | None = None,
     ) -> list[Decision] | None:
         can_fail = reports_failures(self.gitlab, listed, mr)
         verdicts = [(check, policy, judge(policy, facts)) for check, policy in matched]
         if can_fail is None and any(
-            action_for(verdict, str(check.get("status") or "pending"), None) == "deferred"
-            for check, _, verdict in verdicts
+            action_for(verdict, check.status, None) == "deferred" for check, _, verdict in verdicts
         ):
             # A failure would wait for the version: ask GitLab in a way that stores nothing.
-            check_id = int(verdicts[0][0]["id"])
+            check_id = verdicts[0][0].id
             await self.gitlab.reports_failures_probe(key.project_id, key.iid, check_id)
             can_fail = self.gitlab.known_reports_failures
         decisions: list[Decision] = []
         posts: list[tuple[Decision, Awaitable[None]]] = []
         for check, policy, verdict in verdicts:
-            shown = str(check.get("status") or "pending")
+            shown = check.status
             action = action_for(verdict, shown, can_fail)
             tampered = action == "posted" and await self._looks_forged(
                 key, policy.check, facts.sha, shown
@@ -356,7 +318,7 @@ class Evaluator:
                 project_path=facts.project_path,
                 sha=facts.sha,
                 check=policy.check,
-                check_id=int(check["id"]),
+                check_id=check.id,
                 verdict=verdict,
                 gitlab_status=shown,
                 action=action,
@@ -380,11 +342,13 @@ class Evaluator:
             if isinstance(error, GitLabError) and error.head_moved:
                 head_moved = True
                 decisions[index] = decision = replace(decision, action="stale")
-            elif isinstance(error, BaseException):
-                errors.append(
-                    error if isinstance(error, GitLabError) else GitLabError(None, str(error))
-                )
+            elif isinstance(error, GitLabError):
+                errors.append(error)
                 continue
+            elif isinstance(error, BaseException):
+                # A bug of ours while posting is no "GitLab unavailable": let the queue log it
+                # with its traceback (evaluation_crashed) instead of retrying it as GitLab's.
+                raise error
             elif decision.action == "posted":
                 self._remember_post(decision)
             await self._announce(decision)
@@ -395,7 +359,7 @@ class Evaluator:
             raise errors[0]
         return decisions
 
-    async def _looks_forged(self, key: MRKey, check: str, sha: str, shown: str) -> bool:
+    async def _looks_forged(self, key: MRKey, check: str, sha: str, shown: Shown) -> bool:
         """GitLab shows a verdict for this SHA that differs from what the bot posted for it, or
         a `passed` the bot never posted. What was posted before a restart comes from the
         decision record."""

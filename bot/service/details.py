@@ -24,7 +24,7 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.gitlab.client import GitLab, GitLabError
-from bot.gitlab.snapshot import base_facts
+from bot.gitlab.snapshot import SnapshotReader, StatusCheck
 from bot.keys import parse_reference
 from bot.logs import get_logger
 from bot.policy.facts import MergeRequestFacts
@@ -96,32 +96,22 @@ def _verdict_row(row: dict[str, Any], head: str | None) -> dict[str, Any]:
 
 async def _read_gitlab(
     gitlab: GitLab | None, project_id: int, iid: int
-) -> tuple[MergeRequestFacts | None, list[dict[str, Any]] | None, list[str]]:
-    """The MR and its status checks, or None for what could not be read (with why)."""
+) -> tuple[MergeRequestFacts | None, list[StatusCheck] | None, list[str]]:
+    """The MR and its status checks (the same snapshot read as an evaluation's, without
+    optional facts), or None for what could not be read, with why."""
     if gitlab is None:
         return None, None, ["the GitLab client is not started"]
-    problems: list[str] = []
     try:
         async with asyncio.timeout(GITLAB_WAIT):
-            mr, checks = await asyncio.gather(
-                gitlab.merge_request(project_id, iid),
-                gitlab.status_checks(project_id, iid),
-                return_exceptions=True,
-            )
+            snapshot = await SnapshotReader(gitlab).read(project_id, iid, checks_optional=True)
     except TimeoutError:
         return None, None, [f"GitLab did not answer within {GITLAB_WAIT:g} s"]
-    facts = None
-    if isinstance(mr, BaseException):
-        problems.append(_problem("the merge request", mr))
-    else:
-        try:
-            facts = base_facts(mr)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            problems.append("GitLab's answer for the merge request could not be read")
-    if isinstance(checks, BaseException):
-        problems.append(_problem("its status checks", checks))
-        checks = None
-    return facts, checks, problems
+    except (GitLabError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        return None, None, [_problem("the merge request", exc)]
+    if snapshot.checks_problem is not None:
+        problem = f"could not read its status checks from GitLab: {snapshot.checks_problem}"
+        return snapshot.facts, None, [problem]
+    return snapshot.facts, list(snapshot.checks), []
 
 
 def _problem(what: str, exc: BaseException) -> str:
@@ -150,8 +140,8 @@ async def build_view(sources: Sources, project_id: int, iid: int) -> dict[str, A
     policies = sources.policies()
     by_check = {row["check"]: row for row in latest}
     checks: list[dict[str, Any]] = []
-    names: list[str] = [str(c.get("name")) for c in listed or []]
-    shown = {str(c.get("name")): c.get("status") for c in listed or []}
+    names: list[str] = [c.name for c in listed or []]
+    shown: dict[str, str] = {c.name: c.status for c in listed or []}
     for name in [*names, *(n for n in sorted(by_check) if n not in shown)]:
         row = by_check.get(name)
         if row is not None:
