@@ -247,7 +247,8 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
                         # without it.
                         self._session.request(method, url, headers=headers, data=body or None) as r,
                     ):
-                        status, resp_headers, data = r.status, r.headers, await r.read()
+                        status, data = r.status, await r.read()
+                        resp_headers: Mapping[str, str] = r.headers
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if self._on_response:
                     self._on_response(method, url, None, {})

@@ -240,17 +240,17 @@ class ProjectFacts:
     def __init__(self, gitlab: GitLab, *, ttl: float = SETTINGS_TTL) -> None:
         self._gitlab = gitlab
         self._ttl = ttl
-        self._settings: dict[int, tuple[float, bool]] = {}
-        self._parents: dict[tuple[int, str], tuple[str, ...]] = {}
+        self._settings: dict[int | str, tuple[float, bool]] = {}
+        self._parents: dict[tuple[int | str, str], tuple[str, ...]] = {}
 
-    def resets_approvals(self, project_id: int) -> bool | None:
+    def resets_approvals(self, project_id: int | str) -> bool | None:
         """Cached: whether pushes delete approvals (None: not known lately)."""
         cached = self._settings.get(project_id)
         if cached and time.monotonic() - cached[0] < self._ttl:
             return cached[1]
         return None
 
-    async def read_resets_approvals(self, project_id: int) -> bool:
+    async def read_resets_approvals(self, project_id: int | str) -> bool:
         """Whether a push makes GitLab delete approvals here: `reset_approvals_on_push`, or
         `selective_code_owner_removals` (deletes some). A project whose settings cannot be
         read is assumed to reset them (the strict side)."""
@@ -270,7 +270,7 @@ class ProjectFacts:
             del self._settings[next(iter(self._settings))]
         return resets
 
-    async def parents(self, project_id: int, sha: str) -> tuple[str, ...]:
+    async def parents(self, project_id: int | str, sha: str) -> tuple[str, ...]:
         found = self._parents.get((project_id, sha))
         if found is None:
             commit = await self._gitlab.commit(project_id, sha)

@@ -381,7 +381,7 @@ class Evaluator:
         return posted != shown
 
     def _remember_post(self, decision: Decision) -> None:
-        status = decision.verdict.status
+        status: Shown = decision.verdict.status
         if status == "passed" and not self.gitlab.reports_failures:
             status = "approved"
         slot = (decision.key, decision.check)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from yaml.nodes import Node
 
-from bot.policy.facts import FactNeeds, MergeRequestFacts
+from bot.policy.facts import Commit, FactNeeds, MergeRequestFacts
 from bot.policy.model import Outcome
 from bot.policy.nodes import Ctx
 from bot.policy.patterns import (
@@ -54,13 +54,15 @@ class Commits(Predicate):
         total = len(commits)
         if not total:
             return self.outcome(True, "the MR has no commits", negated_fix="push a commit")
-        bad_message = unsigned = ()
+        bad_message: list[Commit] = []
+        unsigned: list[Commit] = []
         if self.message is not None:
             search = self.message.search
             bad_message = [c for c in commits if not search(c.message)]
         if self.signed_off:
             unsigned = [c for c in commits if not _SIGNED_OFF.search(c.message)]
-        problems, fixes = [], []
+        problems: list[str] = []
+        fixes: list[str] = []
         if bad_message:
             shown = listing(
                 [f"{c.sha[:8]} {clip(c.message.partition(chr(10))[0], 40)}" for c in bad_message]
