@@ -21,10 +21,13 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bot.policy import run_tests
+    from bot.policy.testing import NO_CASES
 
     paths = args.paths or ["policies"]
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         return fail(f"no such file or folder: {', '.join(missing)}")
-    _passed, failed = run_tests(paths, TerminalStream(sys.stdout))
+    passed, failed = run_tests(paths, TerminalStream(sys.stdout))
+    if not passed and not failed:  # "0 passed, 0 failed" would turn a CI job green
+        return fail(NO_CASES.format(where=", ".join(paths)), 1)
     return 1 if failed else 0

@@ -21,11 +21,22 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bot.policy import validate_paths
+    from bot.policy.loader import policy_files
+    from bot.policy.testing import tests_of_folder
+
+    def holds_files(folder: Path) -> bool:
+        return bool(policy_files(folder) or tests_of_folder(folder))
 
     paths = args.paths or ["policies"]
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         return fail(f"no such file or folder: {', '.join(missing)}")
+    empty = [p for p in paths if Path(p).is_dir() and not holds_files(Path(p))]
+    if empty:  # a mistyped folder in a CI job must not pass as "valid"
+        return fail(
+            f"no policy or test files in {', '.join(empty)} (policies are *.yml or *.yaml files)",
+            1,
+        )
     problems = validate_paths(paths)
     for problem in problems:
         # One line each, whatever the message quotes from the file: shown, never obeyed.
