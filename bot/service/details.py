@@ -30,7 +30,7 @@ from bot.logs import get_logger
 from bot.policy.facts import MergeRequestFacts
 from bot.policy.model import PolicySet
 from bot.service.links import load_link_key, signed_link, verify
-from bot.service.record import DecisionRecord, StateError
+from bot.service.record import DecisionRecord, StateError, check_state_dir
 
 log = get_logger(__name__)
 
@@ -261,6 +261,8 @@ def mint_link(settings: Settings, reference: str, *, ttl: float | None = None) -
     if isinstance(project, str):
         project = asyncio.run(_project_id(settings.state_dir, project))
     key_file = settings.state_dir / "link.key"
+    if not settings.link_secret:
+        check_state_dir(settings.state_dir)
     if not settings.link_secret and not key_file.is_file():
         raise StateError(
             f"no link key: LINK_SECRET is unset and {str(key_file)!r} does not exist; "

@@ -160,6 +160,13 @@ class StateError(Exception):
     """STATE_DIR or its database cannot be used; the message is the one line the operator sees."""
 
 
+def check_state_dir(state_dir: Path) -> None:
+    """Raise StateError when STATE_DIR is there but is not a folder (a file, say): every use
+    of it would fail with a less telling "File exists" or "Not a directory"."""
+    if state_dir.exists() and not state_dir.is_dir():
+        raise StateError(f"STATE_DIR {str(state_dir)!r} is not a folder")
+
+
 def _storable(value: Any) -> Any:
     """Text SQLite can store: a lone surrogate (a hostile MR title can carry one) would make the
     whole transaction fail, so it is kept as its escape (`\\ud800`)."""
@@ -420,6 +427,7 @@ class DecisionRecord:
         """
         state_dir = Path(state_dir)
         path = state_dir / DB_NAME
+        check_state_dir(state_dir)
         if readonly:
             if not path.is_file():
                 raise StateError(
