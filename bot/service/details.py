@@ -21,14 +21,16 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from markupsafe import Markup, escape
 
 from bot.config import Settings
 from bot.gitlab.client import GitLab, GitLabError
 from bot.gitlab.snapshot import SnapshotReader, StatusCheck
 from bot.keys import parse_reference
 from bot.logs import get_logger
+from bot.policy.explanation import Explanation, explain_outcome, spans
 from bot.policy.facts import MergeRequestFacts
-from bot.policy.model import PolicySet
+from bot.policy.model import Outcome, PolicySet
 from bot.service.links import load_link_key, signed_link, verify
 from bot.service.record import DecisionRecord, StateError, check_state_dir
 
@@ -191,46 +193,44 @@ async def _rows(read: Any, problems: list[str]) -> list[dict[str, Any]]:
         return []
 
 
-def display_tree(outcome: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The rule tree for the page, with a fix shown where `render_verdict` shows one: on failing
-    rules whose every ancestor fails, and only where it says something the children do not."""
-
-    def node(data: dict[str, Any], blamed: bool) -> dict[str, Any]:
-        children = data.get("children") or []
-        passed = bool(data.get("passed"))
-        child_fixes = [c["fix"] for c in children if not c.get("passed") and c.get("fix")]
-        own = not child_fixes or data.get("fix") != "; ".join(child_fixes)
-        evidence = str(data.get("evidence", ""))
-        rule = str(data.get("rule", ""))
-        return {
-            "rule": None if evidence.startswith(rule + ":") else rule,
-            "evidence": evidence,
-            "passed": passed,
-            "fix": data.get("fix") if blamed and not passed and own else None,
-            "children": [node(child, blamed and not passed) for child in children],
-        }
-
-    if not outcome:
-        return []
-    # A policy that does not apply (or passes) has nothing to fix: fixes only under a failure.
-    return [node(child, not outcome.get("passed")) for child in outcome.get("children") or []]
-
-
 def _safe_url(url: Any) -> str | None:
     text = str(url or "")
     return text if text.startswith(("https://", "http://")) else None
 
 
+def shown(verdict: dict[str, Any] | None) -> Explanation:
+    """A recorded verdict's rows and fixes, as bot/policy/explanation.py computes them for
+    `explain` and the MR note too."""
+    if not verdict or not verdict.get("outcome"):
+        return Explanation()
+    outcome = Outcome.from_dict(verdict["outcome"])
+    return explain_outcome(outcome, applicable=bool(verdict.get("applicable", True)))
+
+
+def code_spans(text: Any) -> Markup:
+    """Text with its `...` spans as <code>, everything escaped (evidence quotes MR authors)."""
+    return Markup("").join(
+        Markup("<code>{}</code>").format(part) if is_code else escape(part)
+        for part, is_code in spans(str(text or ""))
+    )
+
+
+_templates.filters["spans"] = code_spans
+
+
+# How each mark of a row looks on the page (the terminal's signs, with a word for the tooltip).
+MARKS = {
+    "passed": {"sign": "✓", "css": "pass", "title": "passed"},
+    "failed": {"sign": "✗", "css": "fail", "title": "failed"},
+    "undecided": {"sign": "?", "css": "undecided", "title": "undecided"},
+    "not_applicable": {"sign": "○", "css": "not-applicable", "title": "not applicable"},
+}
+
+
 def render_html(view: dict[str, Any]) -> str:
-    checks = [
-        {
-            **check,
-            "tree": display_tree(check["verdict"]["outcome"]) if check["verdict"] else [],
-        }
-        for check in view["checks"]
-    ]
+    checks = [{**check, "shown": shown(check["verdict"])} for check in view["checks"]]
     return _templates.get_template("details.html").render(
-        view=view, checks=checks, web_url=_safe_url(view["web_url"])
+        view=view, checks=checks, web_url=_safe_url(view["web_url"]), marks=MARKS
     )
 
 
