@@ -8,6 +8,7 @@ from typing import Any
 
 from bot.cli.base import fail, local_settings
 from bot.keys import parse_reference
+from bot.policy.explanation import plain
 from bot.terminal import printable
 
 
@@ -20,8 +21,35 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+HEADER = ("TIME (UTC)", "COMMIT", "CHECK", "VERDICT", "ACTION", "REASON")
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """Recorded decisions as lines of aligned columns under a header (the reason, last, is not
+    padded). Every field is made printable: reasons quote MR titles, which must never move the
+    cursor or recolour a terminal; code spans are shown without their backticks."""
+    cells = [HEADER]
+    for row in rows:
+        action = row["action"] + (" (over a status set by hand)" if row.get("tampered") else "")
+        fields = (
+            row["at"].replace("+00:00", "Z"),
+            row["sha"][:8],
+            row["check"],
+            row["verdict"],
+            action,
+            plain(row["reason"] or ""),
+        )
+        cells.append(tuple(printable(field) for field in fields))
+    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADER) - 1)]
+    lines = []
+    for line in cells:
+        padded = [cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=True)]
+        lines.append("  ".join([*padded, line[-1]]))
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
-    from bot.service.record import StateError, history_line, read_history
+    from bot.service.record import StateError, read_history
 
     settings = local_settings()
     try:
@@ -34,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc), 1)
     if not rows:
         print(printable(f"no decisions recorded for {args.merge_request} in {settings.state_dir}"))
-    for row in rows:
-        print(history_line(row))
+        return 0
+    for line in table(rows):
+        print(line)
     return 0

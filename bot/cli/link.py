@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from bot.cli.base import fail, local_settings
+from bot.keys import parse_reference
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("link", help="print a signed link to an MR's details page")
+    parser = subparsers.add_parser(
+        "link", help="print a signed link to an MR's details page (needs PUBLIC_URL)"
+    )
     parser.add_argument("merge_request", metavar="PROJECT!IID")
     parser.add_argument("--ttl", type=float, help="seconds the link stays valid (default LINK_TTL)")
     parser.set_defaults(run=run)
@@ -22,12 +24,20 @@ def run(args: argparse.Namespace) -> int:
 
     settings = local_settings()
     try:
-        link = mint_link(settings, args.merge_request, ttl=args.ttl)
+        parse_reference(args.merge_request)
     except ValueError as exc:
         return fail(str(exc))
+    if not settings.public_url:  # a path alone is no link anyone can open
+        return fail(NO_PUBLIC_URL)
+    try:
+        link = mint_link(settings, args.merge_request, ttl=args.ttl)
     except StateError as exc:
         return fail(str(exc), 1)
     print(link)
-    if not settings.public_url:
-        print("note: PUBLIC_URL is not set; put the bot's address before it", file=sys.stderr)
     return 0
+
+
+NO_PUBLIC_URL = (
+    "PUBLIC_URL is not set, so there is no address to link to: set it as the server has it "
+    "(the bot's address as people reach it, e.g. PUBLIC_URL=https://bot.example.com)"
+)

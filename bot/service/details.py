@@ -31,6 +31,7 @@ from bot.logs import get_logger
 from bot.policy.explanation import Explanation, explain_outcome, spans
 from bot.policy.facts import MergeRequestFacts
 from bot.policy.model import Outcome, PolicySet
+from bot.policy.predicates.base import plural
 from bot.service.links import load_link_key, signed_link, verify
 from bot.service.record import DecisionRecord, StateError, check_state_dir
 
@@ -227,10 +228,34 @@ MARKS = {
 }
 
 
+def failing(check: dict[str, Any]) -> bool:
+    """The check fails: by the bot's verdict, or for a check no policy here decides, as GitLab
+    shows it."""
+    verdict = check["verdict"]
+    if verdict is not None:
+        return bool(verdict["verdict"] == "failed")
+    return check["gitlab_status"] == "failed"
+
+
+def summary(checks: list[dict[str, Any]]) -> str | None:
+    """The page's first line: `2 of 5 checks failing`."""
+    if not checks:
+        return None
+    count = sum(failing(check) for check in checks)
+    return f"{count} of {plural(len(checks), 'check')} failing"
+
+
 def render_html(view: dict[str, Any]) -> str:
-    checks = [{**check, "shown": shown(check["verdict"])} for check in view["checks"]]
+    # Failing checks first (a stable sort: otherwise in GitLab's order).
+    ordered = sorted(view["checks"], key=lambda check: not failing(check))
+    checks = [{**check, "shown": shown(check["verdict"])} for check in ordered]
     return _templates.get_template("details.html").render(
-        view=view, checks=checks, web_url=_safe_url(view["web_url"]), marks=MARKS
+        view=view,
+        checks=checks,
+        summary=summary(view["checks"]),
+        any_failing=any(failing(check) for check in view["checks"]),
+        web_url=_safe_url(view["web_url"]),
+        marks=MARKS,
     )
 
 

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.logs import get_logger
-from bot.terminal import printable
 
 if TYPE_CHECKING:
     from bot.service.decide import Decision
@@ -777,17 +776,6 @@ class DecisionRecord:
         self._closed = True
         with self._read_lock:
             self._reader.close()
-
-
-def history_line(row: dict[str, Any]) -> str:
-    """One recorded decision as the `history` command prints it."""
-    at = row["at"].replace("+00:00", "Z")
-    action = (
-        f"{row['action']} (over a status set by hand)" if row.get("tampered") else row["action"]
-    )
-    fields = (at, row["sha"][:8], row["check"], row["verdict"], action, row["reason"])
-    # Evidence quotes MR titles: never let one move the cursor or recolour a terminal.
-    return "  ".join(printable(field) for field in fields)
 
 
 async def read_history(
