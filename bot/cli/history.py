@@ -28,7 +28,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     """Recorded decisions as lines of aligned columns under a header (the reason, last, is not
     padded). Every field is made printable: reasons quote MR titles, which must never move the
     cursor or recolour a terminal; code spans are shown without their backticks."""
-    cells = [HEADER]
+    cells: list[tuple[str, ...]] = [HEADER]
     for row in rows:
         action = row["action"] + (" (over a status set by hand)" if row.get("tampered") else "")
         fields = (

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         return fail(f"no such file or folder: {', '.join(missing)}")
-    passed, failed = run_tests(paths, TerminalStream(sys.stdout))
+    passed, failed = run_tests(paths, TerminalStream(sys.stdout))  # type: ignore[arg-type]
     if not passed and not failed:  # "0 passed, 0 failed" would turn a CI job green
         return fail(NO_CASES.format(where=", ".join(paths)), 1)
     return 1 if failed else 0
