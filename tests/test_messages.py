@@ -140,7 +140,7 @@ def test_a_state_dir_that_is_a_file_is_not_a_folder(gitlab: FakeGitLab, tmp_path
     )
     assert (serve.returncode, serve.stderr) == (1, message + "\n")
     for command in ("history", "link"):
-        result = bot(command, "1!1", STATE_DIR=state)
+        result = bot(command, "1!1", STATE_DIR=state, PUBLIC_URL="https://bot.example.com")
         assert (result.returncode, result.stdout, result.stderr) == (1, "", message + "\n")
 
 
