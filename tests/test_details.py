@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from bot.__main__ import main
-from bot.policy import evaluate, load_policy_text, make_facts
 from bot.service.app import RECORD
-from bot.service.details import LINK_KEY, display_tree
+from bot.service.details import LINK_KEY
 from bot.service.links import signed_link
 from tests import payloads
 from tests.conftest import Bot
@@ -209,18 +208,3 @@ async def test_link_command_mints_links_the_server_accepts(
     monkeypatch.setenv("LINK_SECRET", "another-secret")  # not the server's key: refused there
     code, foreign, _ = await run("link", "1!1")
     assert code == 0 and (await get(bot, foreign))[0] == 403
-
-
-def test_the_tree_offers_fixes_only_under_a_failure() -> None:
-    policy = load_policy_text(
-        "check: security-review\n"
-        "applies_to: {changed_files: ['**/auth/**']}\n"
-        "require:\n  - approvals: {count: 1}\n",
-        "security.yml",
-    )
-    outside = evaluate(policy, make_facts(changed_files=["docs/readme.md"], approved_by=[]))
-    assert not outside.applicable
-    tree = display_tree(outside.outcome.to_dict())
-    assert [node["fix"] for node in tree] == [None]
-    inside = evaluate(policy, make_facts(changed_files=["src/auth/x.py"], approved_by=[]))
-    assert display_tree(inside.outcome.to_dict())[0]["fix"]

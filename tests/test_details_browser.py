@@ -93,7 +93,13 @@ async def test_the_page_shows_the_failing_rules_evidence_and_refuses_bad_links(
     assert await page.locator("h1 b").count() == 0
     history = await page.locator("#history tbody tr").all_inner_texts()
     assert any("pipeline-green" in row and "posted" in row for row in history)
-    await page.screenshot(path=str(tmp_path / "details.png"), full_page=True)
+    # The summary comes first, then the failing check: what a reader needs before scrolling.
+    assert await page.locator("p.summary").inner_text() == "1 of 2 checks failing"
+    first = page.locator("article.check").first
+    assert "pipeline-green" in await first.inner_text()
+    shot = tmp_path / "details.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 2000
 
     for url in (
         f"{bot.url}/mr/1/42",  # unsigned

@@ -138,7 +138,7 @@ def test_render_hides_fixes_under_a_holding_rule() -> None:
     policy = load_policy_text("require:\n  - not: {labels: {any: [blocked]}}\n")
     text = render_verdict(evaluate(policy, make_facts()))
     assert "fix:" not in text
-    assert text.startswith("✓ policy: passed — all 1 rule holds")
+    assert text.startswith("✓ policy: passed — the only rule holds")
 
 
 def test_render_offers_no_fix_for_a_policy_that_does_not_apply() -> None:
@@ -148,7 +148,7 @@ def test_render_offers_no_fix_for_a_policy_that_does_not_apply() -> None:
     text = render_verdict(evaluate(policy, make_facts(target_branch="dev")))
     assert text.splitlines() == [
         "✓ policy: passed [not applicable] — not applicable: target branch dev is not one of main",
-        "  ✗ target_branches — target branch dev is not one of main",
+        "  ○ target_branches — target branch dev is not one of main",
     ]
     advisory = load_policy_text("mode: advisory\nrequire:\n  - pipeline: success\n")
     text = render_verdict(evaluate(advisory, make_facts()))

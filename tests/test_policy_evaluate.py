@@ -72,7 +72,7 @@ def test_advisory_always_passes_but_says_what_failed() -> None:
     assert failing.reason == "advisory: would fail: pipeline: the pipeline is failed, not success"
     assert failing.outcome is not None and not failing.outcome.passed
     holding = evaluate(policy, make_facts(pipeline="success"))
-    assert holding.reason == "advisory: all 1 rule holds"
+    assert holding.reason == "advisory: the only rule holds"
 
 
 def test_missing_fact_is_an_error_not_a_verdict() -> None:

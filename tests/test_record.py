@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from bot.__main__ import main
+from bot.cli.history import table
 from bot.config import Settings
 from bot.keys import MRKey
 from bot.policy import evaluate
@@ -25,7 +27,7 @@ from bot.policy.facts import MergeRequestFacts
 from bot.service.app import RECORD, create_app
 from bot.service.decide import Decision
 from bot.service.policy_store import PolicyStore
-from bot.service.record import DB_NAME, DecisionRecord, StateError, history_line
+from bot.service.record import DB_NAME, DecisionRecord, StateError
 from tests import payloads
 from tests.conftest import Bot
 from tests.fakegitlab import FakeGitLab
@@ -173,21 +175,22 @@ async def test_history_command_prints_newest_first(
 
     # While the bot still holds the database open: WAL lets another reader in.
     assert await run(["history", "acme/app!1"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == ["TIME", "(UTC)", "COMMIT", "CHECK", "VERDICT", "ACTION", "REASON"]
     assert len(lines) == 3
-    newest = lines[0].split("  ")
+    newest = re.split(" {2,}", lines[0])
     assert newest[1:5] == [SHA[:8], "conventional-title", "failed", "posted"]
     assert "title" in newest[5]
-    assert {tuple(line.split("  ")[2:5]) for line in lines[1:]} == {
+    assert {tuple(re.split(" {2,}", line)[2:5]) for line in lines[1:]} == {
         ("conventional-title", "passed", "posted"),
         ("pipeline-green", "failed", "posted"),
     }
     dt.datetime.fromisoformat(newest[0])  # the time comes first, readable
 
     assert await run(["history", "1!1"]) == 0
-    assert capsys.readouterr().out.splitlines() == lines
+    assert capsys.readouterr().out.splitlines() == [header, *lines]
     assert await run(["history", "1!1", "--limit", "1"]) == 0
-    assert capsys.readouterr().out.splitlines() == lines[:1]
+    assert re.split(" {2,}", capsys.readouterr().out.splitlines()[1]) == newest
 
     assert await run(["history", "acme/app!7"]) == 0
     assert "no decisions recorded" in capsys.readouterr().out
@@ -332,8 +335,8 @@ def test_history_lines_are_readable_and_inert_in_a_terminal() -> None:
         "action": "posted",
         "reason": "title: \x1b[2J\x1b[31mgotcha\x1b[0m\nnext line does not match",
     }
-    line = history_line(row)
-    assert line.startswith("2026-03-01T10:00:00Z  abcdef01  conventional-title  failed  posted  ")
+    line = table([row])[1]
+    assert line.startswith("2026-03-01T10:00:00Z  abcdef01  conventional-title  failed   posted  ")
     assert "\x1b" not in line and "\n" not in line
     assert "\\x1b[2J" in line  # shown, escaped, not executed
 

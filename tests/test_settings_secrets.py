@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.__main__ import _local_settings, _settings
+from bot.cli.base import local_settings, settings_from_env
 from bot.logs import get_logger
 from tests.test_cli import REPO, clean_env
 from tests.test_process import free_port
@@ -72,7 +72,7 @@ def test_link_secret_is_masked_in_logs(
     monkeypatch.setenv("LINK_SECRET", secret)
     monkeypatch.setenv("LOG_FORMAT", "json")
     log = get_logger("tests.secrets")
-    for configure in (_settings, _local_settings):
+    for configure in (settings_from_env, local_settings):
         configure()
         capsys.readouterr()
         log.error("something_failed", detail=f"while signing with {secret}")

@@ -87,7 +87,7 @@ async def test_note_is_created_once_edited_on_change_and_left_alone_when_unchang
     assert body.startswith(MARKER)
     assert "`conventional-title` fails" in body
     assert 'title: "Add login" does not match' in body  # the evidence
-    assert "**To pass:** `` change the title to match `^(feat" in body  # what would make it pass
+    assert "**To pass:** `change the title to match ^(feat" in body  # what would make it pass
     assert 'Titles read like "feat: add login".' in body
     assert "pipeline-green" not in body  # that policy does not comment
     assert "/mr/" not in body  # no PUBLIC_URL: no link
@@ -288,8 +288,8 @@ def test_user_text_in_the_note_is_inert_markdown() -> None:
     body = render_body([decision])
     evidence = next(line for line in body.splitlines() if line.startswith("- ✗ "))
     # The whole evidence is one code span with a fence longer than any backtick run inside.
-    assert evidence.startswith("- ✗ `` ") and evidence.endswith(" ``")
-    assert "``" not in evidence[7:-3]
+    fence = re.match(r"- ✗ (`+)", evidence)[1]  # type: ignore[index]
+    assert evidence.endswith(fence) and fence not in evidence[4 + len(fence) : -len(fence)]
     outside_code = re.sub(r"(`+).*?\1", "", body, flags=re.S)
     for dangerous in ("@all", "<img", "#1", "!2", "javascript:"):
         assert dangerous not in outside_code

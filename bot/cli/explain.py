@@ -7,19 +7,17 @@ a policy author can see why a check is red without touching GitLab's state: only
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import datetime as dt
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import aiohttp
-
+from bot.cli.base import settings_from_env
 from bot.config import Settings
-from bot.gitlab.client import GitLab, GitLabError
-from bot.gitlab.snapshot import HeadMoved, SnapshotReader, StatusCheck
 from bot.keys import parse_reference
 from bot.policy import render_verdict
 from bot.policy.evaluate import applies, judge, needs_of
@@ -27,9 +25,30 @@ from bot.policy.facts import FactNeeds, MergeRequestFacts
 from bot.policy.model import PolicyLoadError, Verdict
 from bot.policy.predicates.base import listing, plural
 from bot.service.policy_store import PolicyStore
-from bot.terminal import printable
+from bot.terminal import TerminalStream, printable
+
+if TYPE_CHECKING:
+    from bot.gitlab.snapshot import StatusCheck
+
+# The GitLab client (aiohttp, gidgetlab) is imported where it is used: `python -m bot` builds
+# every command's parser, and `validate` or `test` should not pay for loading it.
 
 _BOLD, _DIM, _RESET = "\033[1m", "\033[2m", "\033[0m"
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "explain", help="evaluate a live MR read-only, e.g. group/app!42"
+    )
+    parser.add_argument("merge_request", metavar="PROJECT!IID")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_env(quiet=True)
+    color = use_color(sys.stdout)
+    out = TerminalStream(sys.stdout, colour=color)
+    return explain(settings, args.merge_request, color=color, out=out)  # type: ignore[arg-type]
 
 
 class ExplainError(Exception):
@@ -59,6 +78,11 @@ class Reading:
 
 async def read_mr(settings: Settings, project: int | str, iid: int, policies: list[Any]) -> Reading:
     """The MR and the facts its applicable policies need, through GET requests only."""
+    import aiohttp
+
+    from bot.gitlab.client import GitLab, GitLabError
+    from bot.gitlab.snapshot import HeadMoved, SnapshotReader
+
     requests: list[tuple[str, str]] = []
 
     def record(method: str, url: str, status: int | None, headers: Mapping[str, str]) -> None:
@@ -233,6 +257,8 @@ async def _explain(
 
 def explain(settings: Settings, reference: str, *, color: bool, out: TextIO = sys.stdout) -> int:
     """Run explain; errors are one `error: ...` line on stderr and exit status 1 (2: usage)."""
+    from bot.gitlab.client import GitLabError
+
     try:
         project, iid = parse_reference(reference)
     except ValueError as exc:

@@ -18,22 +18,28 @@ Two GitLab facts shape the plan (read in GitLab's source, like those of DESIGN 5
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-import aiohttp
-
+from bot.cli.base import settings_from_env
 from bot.config import Settings
 from bot.gitlab import compat
-from bot.gitlab.client import GitLab, GitLabError, project_ref
 from bot.gitlab.compat import Version
 from bot.policy.model import Policy, PolicyLoadError
 from bot.policy.predicates.scope import Projects, TargetBranches
 from bot.service.policy_store import PolicyStore
+from bot.terminal import TerminalStream
+
+if TYPE_CHECKING:
+    from bot.gitlab.client import GitLab, GitLabError
+
+# The GitLab client (aiohttp, gidgetlab) is imported where it is used: `python -m bot` builds
+# every command's parser, and `validate` or `test` should not pay for loading it.
 
 REQUIRE_SETTING = "only_allow_merge_if_all_status_checks_passed"
 REQUIRE_LABEL = '"Status checks must succeed"'
@@ -51,6 +57,45 @@ _GLOB_CHARS = frozenset("*?[")
 
 Action = Literal["create", "update", "delete", "unchanged"]
 _PAST = {"create": "created", "update": "updated", "delete": "deleted", "unchanged": "unchanged"}
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "register",
+        help="create or update the status checks and webhook of a project or group's projects",
+    )
+    parser.add_argument("target", metavar="PROJECT_OR_GROUP", help="path or id")
+    parser.add_argument("--url", help="the bot's webhook URL (default: PUBLIC_URL + /webhook)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    parser.add_argument(
+        "--require", action="store_true", help='turn on "Status checks must succeed"'
+    )
+    parser.add_argument(
+        "--update-secrets",
+        action="store_true",
+        help="re-send WEBHOOK_SECRET and STATUS_CHECK_SECRET (GitLab never shows them back)",
+    )
+    parser.add_argument(
+        "--prune", action="store_true", help="delete status checks at the bot with no policy"
+    )
+    parser.add_argument(
+        "--group", action="store_true", help="PROJECT_OR_GROUP names a group (for a numeric id)"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return register(
+        settings_from_env(),
+        args.target,
+        url=args.url,
+        dry_run=args.dry_run,
+        require=args.require,
+        update_secrets=args.update_secrets,
+        prune=args.prune,
+        group=args.group,
+        out=TerminalStream(sys.stdout),  # type: ignore[arg-type]
+    )
 
 
 class RegisterError(Exception):
@@ -400,6 +445,8 @@ async def register_project(
     gitlab: GitLab, project: dict[str, Any], policies: Sequence[Policy], options: Options
 ) -> ProjectReport:
     """Read, plan and (unless dry-run) apply, for one project; errors end up in the report."""
+    from bot.gitlab.client import GitLabError, project_ref
+
     path = str(project.get("path_with_namespace") or project.get("id"))
     report = ProjectReport(path)
     project_id = int(project["id"])
@@ -475,6 +522,8 @@ async def _apply(gitlab: GitLab, report: ProjectReport) -> None:
 
 async def find_projects(gitlab: GitLab, target: str, *, group: bool) -> list[dict[str, Any]]:
     """The projects named by TARGET: a project (path or id), else every project of a group."""
+    from bot.gitlab.client import GitLabError
+
     ref = target if target.isdigit() else quote(target.strip("/"), safe="")
     if not group:
         try:
@@ -499,6 +548,8 @@ async def find_projects(gitlab: GitLab, target: str, *, group: bool) -> list[dic
 
 
 async def _detect_version(gitlab: GitLab) -> Version:
+    from bot.gitlab.client import GitLabError
+
     try:
         answer = await gitlab.get("/version")
     except GitLabError as exc:
@@ -530,6 +581,10 @@ async def run_register(
     out: TextIO = sys.stdout,
 ) -> int:
     """The whole command: 0 when every project is registered, 1 when any failed."""
+    import aiohttp
+
+    from bot.gitlab.client import GitLab
+
     _check_url_option(options.url)
     if not settings.policy_dir.is_dir():
         raise RegisterError(f"POLICY_DIR {str(settings.policy_dir)!r} is not a folder", code=2)
@@ -597,6 +652,8 @@ def register(
     out: TextIO = sys.stdout,
 ) -> int:
     """Entry point for `python -m bot register`."""
+    from bot.gitlab.client import GitLabError
+
     url = url or (f"{settings.public_url}/webhook" if settings.public_url else None)
     options = Options(
         url=url or "",

@@ -7,7 +7,8 @@ print(render_verdict(verdict, color=True))
 
 from __future__ import annotations
 
-from bot.policy.evaluate import evaluate, render_verdict
+from bot.policy.evaluate import evaluate
+from bot.policy.explanation import render_verdict
 from bot.policy.loader import (
     load_policy_dir,
     load_policy_file,

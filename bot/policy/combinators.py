@@ -18,7 +18,14 @@ from yaml.nodes import Node
 from bot.policy.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
 from bot.policy.model import Outcome, Rule, judge_rule
 from bot.policy.nodes import Ctx
-from bot.policy.predicates.base import Predicate, compile_rule_item, plural, register
+from bot.policy.predicates.base import (
+    Predicate,
+    compile_rule_item,
+    plural,
+    register,
+    rules_failing,
+    rules_holding,
+)
 
 
 def earliest(outcomes: tuple[Outcome, ...]) -> dt.datetime | None:
@@ -79,7 +86,7 @@ class All(_Group):
             verb = "cannot be decided" if undecided else "fail"
             return self.outcome(
                 False,
-                f"{len(failing)} of {plural(len(children), 'rule')} {verb} ({names})",
+                f"{rules_failing(len(failing), len(children), verb)} ({names})",
                 fix="; ".join(fixes) or None,
                 children=children,
                 wake_at=wake_at,
@@ -88,7 +95,7 @@ class All(_Group):
         undo = [child.negated_fix for child in children if child.negated_fix]
         return self.outcome(
             True,
-            f"all {plural(len(children), 'rule')} hold",
+            rules_holding(len(children)),
             negated_fix=" or ".join(undo) or None,
             children=children,
             wake_at=wake_at,
@@ -117,7 +124,11 @@ class Any(_Group):
             )
         fixes = [child.fix for child in children if child.fix]
         undecided = [child for child in children if child.unknown]
-        detail = f"none of {plural(len(children), 'rule')} holds"
+        detail = (
+            "the only rule does not hold"
+            if len(children) == 1
+            else f"none of {plural(len(children), 'rule')} holds"
+        )
         if undecided:
             detail += f"; {', '.join(label(child) for child in undecided)} cannot be decided"
         return self.outcome(

@@ -1,4 +1,4 @@
-"""Policy + facts -> Verdict, and the human rendering of a verdict's outcome tree."""
+"""Policy + facts -> Verdict (bot/policy/explanation.py turns a verdict into what is shown)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,12 @@ from collections.abc import Sequence
 
 from bot.logs import get_logger
 from bot.policy.combinators import earliest
+from bot.policy.explanation import leaf_text
 from bot.policy.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
 from bot.policy.model import MissingFactError, Outcome, Policy, Status, Verdict, judge_rule
-from bot.terminal import printable
+from bot.policy.predicates.base import rules_failing, rules_holding
 
 log = get_logger(__name__)
-
-
-def leaf_text(outcome: Outcome) -> str:
-    """A failing leaf for a one-line reason; a `name:` label leads when it was given."""
-    if outcome.evidence.startswith(outcome.rule + ":"):
-        return outcome.evidence
-    return f"{outcome.rule} — {outcome.evidence}"
-
-
-def _rules(count: int) -> str:
-    return "1 rule" if count == 1 else f"{count} rules"
 
 
 def evaluate(policy: Policy, facts: MergeRequestFacts) -> Verdict:
@@ -50,14 +40,14 @@ def evaluate(policy: Policy, facts: MergeRequestFacts) -> Verdict:
         root = Outcome(
             policy.check,
             False,
-            f"{len(failing)} of {_rules(len(children))} {verb}",
+            rules_failing(len(failing), len(children), verb),
             children=children,
             fix="; ".join(fixes) or None,
             wake_at=wake_at,
             unknown=undecided,
         )
     else:
-        every = "all 1 rule holds" if len(children) == 1 else f"all {len(children)} rules hold"
+        every = rules_holding(len(children))
         reason = every
         root = Outcome(policy.check, True, every, children=children, wake_at=wake_at)
     status: Status = "failed" if failing and not advisory else "passed"
@@ -118,59 +108,3 @@ def needs_of(policies: Sequence[Policy]) -> FactNeeds:
     for policy in policies:
         needs = needs | policy.needs
     return needs
-
-
-def _own_fix(outcome: Outcome) -> bool:
-    """Show a fix where it says something new: at leaves, and where alternatives are joined."""
-    child_fixes = [child.fix for child in outcome.children if not child.passed and child.fix]
-    return not child_fixes or outcome.fix != "; ".join(child_fixes)
-
-
-_GREEN, _RED, _DIM, _BOLD, _RESET = "\033[32m", "\033[31m", "\033[2m", "\033[1m", "\033[0m"
-
-
-def render_verdict(verdict: Verdict, color: bool = False) -> str:
-    """The verdict as an indented tree: ✓/✗ per rule, its evidence, and the fix where failing.
-
-    Evidence quotes MR titles, paths and labels: every piece is made printable (bot/terminal.py)
-    before it is coloured, so only the bot's own colour codes reach a terminal."""
-
-    def paint(text: str, code: str) -> str:
-        return f"{code}{printable(text)}{_RESET}" if color else printable(text)
-
-    passed = verdict.status == "passed"
-    mark = paint("✓", _GREEN) if passed else paint("✗", _RED)
-    notes = []
-    if verdict.advisory:
-        notes.append("advisory")
-    if not verdict.applicable:
-        notes.append("not applicable")
-    note = f" [{', '.join(notes)}]" if notes else ""
-    lines = [
-        f"{mark} {paint(verdict.check, _BOLD)}: {verdict.status}{note} — "
-        f"{printable(verdict.reason)}"
-    ]
-
-    def walk(outcome: Outcome, depth: int, blamed: bool) -> None:
-        # `blamed`: every ancestor fails, so a fix here helps (not under a holding `any`/`not`).
-        pad = "  " * depth
-        sign = (
-            paint("✓", _GREEN)
-            if outcome.passed
-            else paint("?", _RED)
-            if outcome.unknown
-            else paint("✗", _RED)
-        )
-        lines.append(f"{pad}{sign} {printable(leaf_text(outcome))}")
-        if blamed and outcome.fix and not outcome.passed and _own_fix(outcome):
-            lines.append(f"{pad}    {paint('fix: ' + outcome.fix, _DIM)}")
-        for child in outcome.children:
-            walk(child, depth + 1, blamed and not outcome.passed)
-
-    if verdict.outcome is not None:
-        # A root that holds (passed, or not applicable) has nothing to fix.
-        for child in verdict.outcome.children:
-            walk(child, 1, not verdict.outcome.passed)
-    if verdict.wake_at is not None:
-        lines.append(f"  {paint('re-evaluates at ' + verdict.wake_at.isoformat(), _DIM)}")
-    return "\n".join(lines)

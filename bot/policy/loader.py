@@ -274,17 +274,23 @@ def load_policy_dir(path: str | Path) -> PolicySet:
 
 
 def validate_paths(paths: list[str]) -> list[PolicyProblem]:
-    """Every problem in the given policy files and folders (test files are checked as such)."""
-    from bot.policy.testing import validate_test_file
+    """Every problem in the given policy files and folders and in the test files they hold
+    (given, or in a given folder beside its policies or under its `tests/`), each once."""
+    from bot.policy.testing import PolicyCache, discover, parse_test_file  # it imports us
 
     problems: list[PolicyProblem] = []
     claims: list[Claim] = []
     for raw in paths:
         path = Path(raw)
         if path.is_file() and is_test_file(path):
-            problems += validate_test_file(path)
             continue
         loaded = load_folder(path)  # a folder, or one policy file
         problems += loaded.problems
         claims += loaded.claims
-    return problems + check_duplicates(claims)
+    problems += check_duplicates(claims)
+    cache = PolicyCache()
+    tests, _ = discover(paths)
+    for found in tests:
+        if found.only is None:  # a policy file given alone is checked alone
+            problems += parse_test_file(found.path, cache, found.folder).problems
+    return list({str(problem): problem for problem in problems}.values())

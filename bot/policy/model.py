@@ -7,7 +7,7 @@ verdict reads the same wherever someone looks at it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -48,6 +48,21 @@ class Outcome:
             return
         for child in failing_children:
             yield from child.failing_leaves()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Outcome:
+        """The outcome `to_dict` wrote (the decision record keeps verdicts so); `negated_fix`
+        is not kept, it matters only while evaluating."""
+        wake_at = data.get("wake_at")
+        return cls(
+            rule=str(data.get("rule", "")),
+            passed=bool(data.get("passed")),
+            evidence=str(data.get("evidence", "")),
+            children=tuple(cls.from_dict(child) for child in data.get("children") or ()),
+            fix=data.get("fix") or None,
+            wake_at=dt.datetime.fromisoformat(wake_at) if wake_at else None,
+            unknown=bool(data.get("unknown")),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {

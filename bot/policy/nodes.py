@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,7 +190,7 @@ def parse_yaml(
         message = f"YAML syntax error: {exc.problem or exc.context}"
         if exc.context and exc.problem and exc.context_mark:
             message += f" ({exc.context} at line {exc.context_mark.line + 1})"
-        problems.append(PolicyProblem(path, line, message))
+        problems.append(PolicyProblem(path, line, message + _escape_hint(exc, text)))
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, ESC...)
         line = text.count("\n", 0, exc.position) + 1
         char = exc.character
@@ -202,6 +203,28 @@ def parse_yaml(
     finally:
         loader.dispose()
     return None
+
+
+_DOUBLE_QUOTED = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
+
+
+def _escape_hint(exc: yaml.MarkedYAMLError, text: str) -> str:
+    """For a backslash YAML does not know in double quotes (a regex like "^feat\\(x\\)"): say
+    that single quotes keep backslashes as they are, with the string so written when it can be."""
+    if not (
+        str(exc.problem or "").startswith("found unknown escape character")
+        and exc.context == "while scanning a double-quoted scalar"
+        and exc.context_mark is not None
+    ):
+        return ""
+    hint = "; in double quotes a backslash starts an escape: write it in single quotes"
+    start = exc.context_mark
+    line = text.splitlines()[start.line] if start.line < len(text.splitlines()) else ""
+    quoted = _DOUBLE_QUOTED.match(line, start.column)
+    # The same text in single quotes, unless an escape in it (\" or \\) would then mean more.
+    if quoted is None or any(part in quoted[1] for part in ("'", '\\"', "\\\\")):
+        return hint + " (and a ' inside as '')"
+    return f"{hint}, '{quoted[1]}'"
 
 
 @dataclass(frozen=True)
@@ -316,7 +339,10 @@ class Ctx:
 
     def integer(self, node: Node, what: str, *, minimum: int | None = None) -> int | None:
         if not (isinstance(node, ScalarNode) and node.tag == TAG + "int" and ":" not in node.value):
-            self.error(node, f"{what} must be a whole number, got {describe(node)}")
+            # A number is named by its value (2.5, 1:30): "got a number" would puzzle.
+            numeric = isinstance(node, ScalarNode) and node.tag in (TAG + "int", TAG + "float")
+            seen = node.value if numeric else describe(node)
+            self.error(node, f"{what} must be a whole number, got {seen}")
             return None
         value = int(_CONSTRUCTOR.construct_yaml_int(node))
         if minimum is not None and value < minimum:

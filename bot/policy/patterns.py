@@ -7,6 +7,7 @@ programs, so even a glob like `***/***` is matched in linear time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 
 import re2
@@ -54,6 +55,23 @@ def _re2_error(exc: Exception) -> str:
     return message.decode(errors="replace") if isinstance(message, bytes) else str(message)
 
 
+# What RE2 answers to the two things it leaves out on purpose (they need backtracking): a
+# lookaround, and a backreference (`\1`, `\k<name>`, `\g1`; `(?P=name)` is refused as `(?P`).
+_LOOKAROUND = tuple(f"invalid perl operator: {op}" for op in ("(?=", "(?!", "(?<=", "(?<!"))
+_BACKREFERENCE = re.compile(r"invalid escape sequence: \\[1-9gk]")
+RE2_HINT = " (RE2 syntax: no lookaround or backreferences)"
+
+
+def _re2_hint(source: str, message: str) -> str:
+    """The RE2 hint, where RE2's refusal is one of the features it does not have; other errors
+    (an unclosed group, a bad range) are mistakes RE2's own message already names."""
+    if message.startswith(_LOOKAROUND) or _BACKREFERENCE.match(message):
+        return RE2_HINT
+    if message.startswith("invalid perl operator: (?P") and "(?P=" in source:
+        return RE2_HINT
+    return ""
+
+
 class Regex:
     """A user regex (searched, not anchored) compiled with RE2."""
 
@@ -75,11 +93,9 @@ def compile_regex(ctx: Ctx, node: Node, what: str) -> Regex | None:
     try:
         return Regex(source)
     except re2.error as exc:
-        ctx.error(
-            node,
-            f"bad regex in {what} `{source}`: {_re2_error(exc)} "
-            "(RE2 syntax: no lookaround or backreferences)",
-        )
+        message = _re2_error(exc)
+        hint = _re2_hint(source, message)
+        ctx.error(node, f"bad regex in {what} `{source}`: {message}{hint}")
         return None
 
 

@@ -20,6 +20,7 @@ from bot.policy.evaluate import evaluate
 from bot.policy.facts import ChangedFile, Commit, GroupMembers, MergeRequestFacts, User
 from bot.policy.loader import (
     POLICY_SUFFIXES,
+    Loaded,
     compile_policy,
     is_policy_file,
     is_test_file,
@@ -392,18 +393,17 @@ def _expectation(ctx: Ctx, node: Node) -> Expectation | None:
     return expectation
 
 
-class _PolicyCache:
+class PolicyCache:
     """Policies per folder, loaded once per run (with their problems)."""
 
     def __init__(self) -> None:
-        self.folders: dict[Path, tuple[list[Policy], list[PolicyProblem]]] = {}
+        self.folders: dict[Path, Loaded] = {}
         self.files: dict[Path, tuple[Policy | None, list[PolicyProblem]]] = {}
 
-    def folder(self, folder: Path) -> tuple[list[Policy], list[PolicyProblem]]:
+    def folder(self, folder: Path) -> Loaded:
         key = folder.resolve()
         if key not in self.folders:
-            loaded = load_folder(folder)
-            self.folders[key] = (loaded.policies, loaded.problems)
+            self.folders[key] = load_folder(folder)
         return self.folders[key]
 
     def file(self, path: Path) -> tuple[Policy | None, list[PolicyProblem]]:
@@ -425,10 +425,10 @@ def policy_folder_of(test_path: Path) -> Path:
 
 
 def parse_test_file(
-    path: Path, cache: _PolicyCache | None = None, folder: Path | None = None
+    path: Path, cache: PolicyCache | None = None, folder: Path | None = None
 ) -> TestFile:
     """Parse a test file and resolve its policy (a check name is looked up in `folder`)."""
-    cache = cache or _PolicyCache()
+    cache = cache or PolicyCache()
     result = TestFile(path)
     try:
         return _parse_test_file(path, cache, folder, result)
@@ -443,7 +443,7 @@ def parse_test_file(
 
 
 def _parse_test_file(
-    path: Path, cache: _PolicyCache, folder: Path | None, result: TestFile
+    path: Path, cache: PolicyCache, folder: Path | None, result: TestFile
 ) -> TestFile:
     ctx = Ctx(str(path))
     data, problems = read_limited(str(path), MAX_TEST_BYTES, "test file")
@@ -482,23 +482,28 @@ def _parse_test_file(
         if case is not None and defaults is not None:  # broken defaults: report, run nothing
             result.cases.append(case)
     if result.policy is not None:
-        _check_failing_names(ctx, result.policy, result.cases)
+        result.cases = _check_failing_names(ctx, result.policy, result.cases)
     result.problems = ctx.problems + result.problems
     return result
 
 
-def _check_failing_names(ctx: Ctx, policy: Policy, cases: list[Case]) -> None:
-    """`failing:` must name rules the policy has (by `name:` label or predicate key)."""
+def _check_failing_names(ctx: Ctx, policy: Policy, cases: list[Case]) -> list[Case]:
+    """`failing:` must name rules the policy has (by `name:` label or predicate key). A case
+    naming one it does not have is reported and not run: one mistake, one failure."""
     names = rule_names(policy.rules)
+    sound = []
     for case in cases:
-        for name, node in case.expect.failing or ():
-            if name not in names:
-                known = ", ".join(dict.fromkeys(names))
-                ctx.error(
-                    node,
-                    f"`failing`: `{policy.check}` has no rule `{name}`{suggest(name, names)} "
-                    f"(its rules: {known})",
-                )
+        unknown = [(n, node) for n, node in case.expect.failing or () if n not in names]
+        for name, node in unknown:
+            known = ", ".join(dict.fromkeys(names))
+            ctx.error(
+                node,
+                f"`failing`: `{policy.check}` has no rule `{name}`{suggest(name, names)} "
+                f"(its rules: {known})",
+            )
+        if not unknown:
+            sound.append(case)
+    return sound
 
 
 def _case(ctx: Ctx, node: Node, number: int, defaults: dict[str, Any]) -> Case | None:
@@ -528,7 +533,7 @@ def line_of_node(node: Node) -> int:
 
 
 def _resolve_policy(
-    ctx: Ctx, node: Node, test_path: Path, folder: Path, cache: _PolicyCache, result: TestFile
+    ctx: Ctx, node: Node, test_path: Path, folder: Path, cache: PolicyCache, result: TestFile
 ) -> Policy | None:
     """`policy:` is a check name (looked up in the policy folder) or a policy file path."""
     ref = ctx.string(node, "`policy`")
@@ -542,15 +547,21 @@ def _resolve_policy(
         policy, problems = cache.file(target)
         result.problems += problems
         return policy
-    policies, problems = cache.folder(folder)
-    for policy in policies:
+    loaded = cache.folder(folder)
+    for policy in loaded.policies:
         if policy.check == ref:
             return policy
-    broken = [problem for problem in problems if Path(problem.path).name.split(".")[0] == ref]
+    # A file that does not compile decides the check if it says `check: <ref>`, or is named so.
+    claiming = {claim.path for claim in loaded.claims if claim.check == ref}
+    broken = [
+        problem
+        for problem in loaded.problems
+        if problem.path in claiming or Path(problem.path).name.split(".")[0] == ref
+    ]
     if broken:
         result.problems += broken
         return None
-    checks = [policy.check for policy in policies]
+    checks = [policy.check for policy in loaded.policies]
     ctx.error(
         node,
         f"`policy`: no policy with check `{ref}` in {folder}{suggest(ref, checks)}"
@@ -613,46 +624,75 @@ def check_case(verdict: Verdict, expect: Expectation) -> list[str]:
     return problems
 
 
-Found = tuple[Path, Path, Path | None]
+@dataclass
+class Found:
+    """A test file to run, found once however many of the given paths lead to it."""
+
+    path: Path
+    folder: Path  # where its `policy:` check name is looked up
+    only: set[Path] | None  # run it only if its policy is one of these files (None: whatever)
+    given: list[str]  # the paths given that lead to it
 
 
 def discover(paths: list[str]) -> tuple[list[Found], list[PolicyProblem]]:
-    """Test files to run: (test file, its policy folder, the policy file it must be about)."""
-    found: list[Found] = []
+    """The test files under `paths`, each once: a folder's (beside its policies or under its
+    `tests/`), a test file itself, or a policy file's (then only the tests of that policy)."""
+    found: dict[Path, Found] = {}
     problems: list[PolicyProblem] = []
     for raw in paths:
         path = Path(raw)
+        only: Path | None = None
         if path.is_dir():
-            found += [(test, path, None) for test in _tests_of_folder(path)]
+            tests, folder = tests_of_folder(path), policy_folder(path)
         elif path.is_file() and is_test_file(path):
-            found.append((path, policy_folder_of(path), None))
+            tests, folder = [path], policy_folder_of(path)
         elif path.is_file() and is_policy_file(path):
-            found += [(test, path.parent, path.resolve()) for test in _tests_of_folder(path.parent)]
+            tests, folder, only = tests_of_folder(path.parent), path.parent, path.resolve()
         else:
             problems.append(PolicyProblem(raw, 1, "no such file or folder"))
-    unique: dict[tuple[Path, Path | None], Found] = {}
-    for test, folder, only in found:
-        unique.setdefault((test.resolve(), only), (test, folder, only))
-    return list(unique.values()), problems
+            continue
+        for test in tests:
+            entry = found.setdefault(test.resolve(), Found(test, folder, set(), []))
+            if only is None:
+                entry.only = None
+            elif entry.only is not None:
+                entry.only.add(only)
+            entry.given.append(raw)
+    return list(found.values()), problems
 
 
-def _tests_of_folder(folder: Path) -> list[Path]:
+def tests_of_folder(folder: Path) -> list[Path]:
+    """The test files of a policy folder: beside its policies, and anywhere under `tests/`."""
     tests = [path for path in folder.iterdir() if path.is_file() and is_test_file(path)]
     if (folder / "tests").is_dir():
         tests += [p for p in (folder / "tests").rglob("*") if p.is_file() and is_test_file(p)]
     return sorted(tests)
 
 
-def run_tests(paths: list[str], out: TextIO) -> tuple[int, int]:
-    """Run the test cases under `paths`; one line per case, then `N passed, N failed`.
+def policy_folder(folder: Path) -> Path:
+    """The policy folder of a folder given to `test` or `validate`: itself, or for a `tests/`
+    folder holding test files only (as `policies/tests`), the folder above."""
+    if folder.resolve().name == "tests" and not any(is_policy_file(p) for p in folder.iterdir()):
+        return folder.parent if folder.name == "tests" else folder.resolve().parent
+    return folder
 
-    A problem in a test file or in a policy it names counts as one failure (printed as
-    `ERROR path:line: message`), so a broken file can never make the run look green.
+
+NO_CASES = "no test cases in {where} (put *.test.yaml files beside the policies or under tests/)"
+
+
+def run_tests(paths: list[str], out: TextIO) -> tuple[int, int]:
+    """Run the test cases under `paths`, each once; one line per case, then `N passed, N failed`.
+
+    A problem in a test file or in a policy it names counts as one failure (printed once as
+    `ERROR path:line: message`), so a broken file can never make the run look green; so does a
+    path that holds no test case while others do. When no path holds any, nothing is written
+    and (0, 0) returned: the caller says so (`NO_CASES`) and fails.
     """
-    cache = _PolicyCache()
+    cache = PolicyCache()
     passed = failed = 0
     tests, problems = discover(paths)
     reported: set[str] = set()
+    tested: set[str] = {problem.path for problem in problems}
 
     def report(problem: PolicyProblem) -> None:
         nonlocal failed
@@ -663,10 +703,14 @@ def run_tests(paths: list[str], out: TextIO) -> tuple[int, int]:
 
     for problem in problems:
         report(problem)
-    for test_path, folder, only in tests:
-        test = parse_test_file(_relative(test_path), cache, folder)
-        if only is not None and (test.policy is None or Path(test.policy.path).resolve() != only):
+    for found in tests:
+        test = parse_test_file(_relative(found.path), cache, found.folder)
+        only = found.only
+        about = Path(test.policy.path).resolve() if test.policy is not None else None
+        if only is not None and about not in only:
             continue
+        if test.problems or test.cases:
+            tested.update(found.given)
         for problem in test.problems:
             report(problem)
         if test.policy is None:
@@ -689,8 +733,12 @@ def run_tests(paths: list[str], out: TextIO) -> tuple[int, int]:
             else:
                 out.write(f"PASS {test.policy.check}: {case.name}\n")
                 passed += 1
-    if not tests and not problems:
-        out.write("no test cases found (*.test.yaml beside the policies or under tests/)\n")
+    if not tested:
+        return 0, 0
+    for raw in dict.fromkeys(paths):
+        if raw not in tested:
+            out.write(f"ERROR {NO_CASES.format(where=raw)}\n")
+            failed += 1
     out.write(f"{passed} passed, {failed} failed\n")
     return passed, failed
 
@@ -706,6 +754,7 @@ def _relative(path: Path) -> Path:
 __all__ = [
     "DEFAULT_NOW",
     "DEFAULT_SHA",
+    "NO_CASES",
     "compile_rule",
     "make_facts",
     "parse_test_file",

@@ -26,6 +26,7 @@ from bot.gitlab.snapshot import HeadMoved, Shown, SnapshotReader, StatusCheck
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
 from bot.policy.evaluate import applies, judge, needs_of
+from bot.policy.explanation import explanation
 from bot.policy.facts import FactNeeds, MergeRequestFacts
 from bot.policy.model import Policy, PolicySet, Verdict
 
@@ -427,6 +428,7 @@ class Evaluator:
             applicable=verdict.applicable,
             advisory=verdict.advisory,
             reason=verdict.reason,
+            fixes=list(explanation(verdict).fixes),
             gitlab_status=decision.gitlab_status,
             action=decision.action,
             trigger=decision.trigger,

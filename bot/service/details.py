@@ -21,16 +21,19 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from markupsafe import Markup, escape
 
 from bot.config import Settings
 from bot.gitlab.client import GitLab, GitLabError
 from bot.gitlab.snapshot import SnapshotReader, StatusCheck
 from bot.keys import parse_reference
 from bot.logs import get_logger
+from bot.policy.explanation import Explanation, explain_outcome, spans
 from bot.policy.facts import MergeRequestFacts
-from bot.policy.model import PolicySet
+from bot.policy.model import Outcome, PolicySet
+from bot.policy.predicates.base import plural
 from bot.service.links import load_link_key, signed_link, verify
-from bot.service.record import DecisionRecord, StateError
+from bot.service.record import DecisionRecord, StateError, check_state_dir
 
 log = get_logger(__name__)
 
@@ -191,46 +194,68 @@ async def _rows(read: Any, problems: list[str]) -> list[dict[str, Any]]:
         return []
 
 
-def display_tree(outcome: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The rule tree for the page, with a fix shown where `render_verdict` shows one: on failing
-    rules whose every ancestor fails, and only where it says something the children do not."""
-
-    def node(data: dict[str, Any], blamed: bool) -> dict[str, Any]:
-        children = data.get("children") or []
-        passed = bool(data.get("passed"))
-        child_fixes = [c["fix"] for c in children if not c.get("passed") and c.get("fix")]
-        own = not child_fixes or data.get("fix") != "; ".join(child_fixes)
-        evidence = str(data.get("evidence", ""))
-        rule = str(data.get("rule", ""))
-        return {
-            "rule": None if evidence.startswith(rule + ":") else rule,
-            "evidence": evidence,
-            "passed": passed,
-            "fix": data.get("fix") if blamed and not passed and own else None,
-            "children": [node(child, blamed and not passed) for child in children],
-        }
-
-    if not outcome:
-        return []
-    # A policy that does not apply (or passes) has nothing to fix: fixes only under a failure.
-    return [node(child, not outcome.get("passed")) for child in outcome.get("children") or []]
-
-
 def _safe_url(url: Any) -> str | None:
     text = str(url or "")
     return text if text.startswith(("https://", "http://")) else None
 
 
+def shown(verdict: dict[str, Any] | None) -> Explanation:
+    """A recorded verdict's rows and fixes, as bot/policy/explanation.py computes them for
+    `explain` and the MR note too."""
+    if not verdict or not verdict.get("outcome"):
+        return Explanation()
+    outcome = Outcome.from_dict(verdict["outcome"])
+    return explain_outcome(outcome, applicable=bool(verdict.get("applicable", True)))
+
+
+def code_spans(text: Any) -> Markup:
+    """Text with its `...` spans as <code>, everything escaped (evidence quotes MR authors)."""
+    return Markup("").join(
+        Markup("<code>{}</code>").format(part) if is_code else escape(part)
+        for part, is_code in spans(str(text or ""))
+    )
+
+
+_templates.filters["spans"] = code_spans
+
+
+# How each mark of a row looks on the page (the terminal's signs, with a word for the tooltip).
+MARKS = {
+    "passed": {"sign": "✓", "css": "pass", "title": "passed"},
+    "failed": {"sign": "✗", "css": "fail", "title": "failed"},
+    "undecided": {"sign": "?", "css": "undecided", "title": "undecided"},
+    "not_applicable": {"sign": "○", "css": "not-applicable", "title": "not applicable"},
+}
+
+
+def failing(check: dict[str, Any]) -> bool:
+    """The check fails: by the bot's verdict, or for a check no policy here decides, as GitLab
+    shows it."""
+    verdict = check["verdict"]
+    if verdict is not None:
+        return bool(verdict["verdict"] == "failed")
+    return check["gitlab_status"] == "failed"
+
+
+def summary(checks: list[dict[str, Any]]) -> str | None:
+    """The page's first line: `2 of 5 checks failing`."""
+    if not checks:
+        return None
+    count = sum(failing(check) for check in checks)
+    return f"{count} of {plural(len(checks), 'check')} failing"
+
+
 def render_html(view: dict[str, Any]) -> str:
-    checks = [
-        {
-            **check,
-            "tree": display_tree(check["verdict"]["outcome"]) if check["verdict"] else [],
-        }
-        for check in view["checks"]
-    ]
+    # Failing checks first (a stable sort: otherwise in GitLab's order).
+    ordered = sorted(view["checks"], key=lambda check: not failing(check))
+    checks = [{**check, "shown": shown(check["verdict"])} for check in ordered]
     return _templates.get_template("details.html").render(
-        view=view, checks=checks, web_url=_safe_url(view["web_url"])
+        view=view,
+        checks=checks,
+        summary=summary(view["checks"]),
+        any_failing=any(failing(check) for check in view["checks"]),
+        web_url=_safe_url(view["web_url"]),
+        marks=MARKS,
     )
 
 
@@ -261,6 +286,8 @@ def mint_link(settings: Settings, reference: str, *, ttl: float | None = None) -
     if isinstance(project, str):
         project = asyncio.run(_project_id(settings.state_dir, project))
     key_file = settings.state_dir / "link.key"
+    if not settings.link_secret:
+        check_state_dir(settings.state_dir)
     if not settings.link_secret and not key_file.is_file():
         raise StateError(
             f"no link key: LINK_SECRET is unset and {str(key_file)!r} does not exist; "

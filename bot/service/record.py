@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.logs import get_logger
-from bot.terminal import printable
 
 if TYPE_CHECKING:
     from bot.service.decide import Decision
@@ -158,6 +157,13 @@ def _repeats_latest(conn: sqlite3.Connection, decision: Decision) -> bool:
 
 class StateError(Exception):
     """STATE_DIR or its database cannot be used; the message is the one line the operator sees."""
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """Raise StateError when STATE_DIR is there but is not a folder (a file, say): every use
+    of it would fail with a less telling "File exists" or "Not a directory"."""
+    if state_dir.exists() and not state_dir.is_dir():
+        raise StateError(f"STATE_DIR {str(state_dir)!r} is not a folder")
 
 
 def _storable(value: Any) -> Any:
@@ -420,6 +426,7 @@ class DecisionRecord:
         """
         state_dir = Path(state_dir)
         path = state_dir / DB_NAME
+        check_state_dir(state_dir)
         if readonly:
             if not path.is_file():
                 raise StateError(
@@ -769,17 +776,6 @@ class DecisionRecord:
         self._closed = True
         with self._read_lock:
             self._reader.close()
-
-
-def history_line(row: dict[str, Any]) -> str:
-    """One recorded decision as the `history` command prints it."""
-    at = row["at"].replace("+00:00", "Z")
-    action = (
-        f"{row['action']} (over a status set by hand)" if row.get("tampered") else row["action"]
-    )
-    fields = (at, row["sha"][:8], row["check"], row["verdict"], action, row["reason"])
-    # Evidence quotes MR titles: never let one move the cursor or recolour a terminal.
-    return "  ".join(printable(field) for field in fields)
 
 
 async def read_history(

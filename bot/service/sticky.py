@@ -23,9 +23,8 @@ from bot.config import Settings
 from bot.gitlab.client import GitLab, GitLabError
 from bot.keys import MRKey
 from bot.logs import get_logger
-from bot.policy.evaluate import leaf_text
+from bot.policy.explanation import Row, explanation, plain
 from bot.policy.facts import MergeRequestFacts
-from bot.policy.model import Outcome
 from bot.service.decide import Decision
 from bot.service.links import load_link_key, signed_link
 
@@ -72,13 +71,6 @@ def is_failing(decision: Decision) -> bool:
     return verdict.outcome is not None and verdict.applicable and not verdict.outcome.passed
 
 
-def _fixes(outcome: Outcome) -> list[str]:
-    fixes = [child.fix for child in outcome.children if not child.passed and child.fix]
-    if not fixes and outcome.fix:
-        fixes = [outcome.fix]
-    return list(dict.fromkeys(fixes))
-
-
 def _failing_section(decision: Decision) -> list[str]:
     verdict = decision.verdict
     if verdict.status == "failed":
@@ -88,25 +80,32 @@ def _failing_section(decision: Decision) -> list[str]:
     description = " ".join(decision.policy.description.split())
     if description:
         lines += ["", description]
-    outcome = verdict.outcome
-    if outcome is None:
-        return [*lines, "", f"- {code(verdict.reason)}"]
-    leaves = list(outcome.failing_leaves())
+    if verdict.outcome is None:
+        return [*lines, "", f"- {code(plain(verdict.reason))}"]
+    shown = explanation(verdict)
+    leaves = shown.failing
     lines.append("")
-    lines += [f"- ✗ {code(leaf_text(leaf))}" for leaf in leaves[:MAX_LEAVES]]
+    lines += [_leaf_line(leaf) for leaf in leaves[:MAX_LEAVES]]
     if len(leaves) > MAX_LEAVES:
         lines.append(f"- … and {len(leaves) - MAX_LEAVES} more on the details page")
-    fixes = _fixes(outcome)
+    fixes = shown.fixes
     if len(fixes) == 1:
-        lines += ["", f"**To pass:** {code(fixes[0])}"]
+        lines += ["", f"**To pass:** {code(plain(fixes[0]))}"]
     elif fixes:
-        lines += ["", "**To pass:**", *(f"- {code(fix)}" for fix in fixes)]
+        lines += ["", "**To pass:**", *(f"- {code(plain(fix))}" for fix in fixes)]
     return lines
+
+
+def _leaf_line(leaf: Row) -> str:
+    """A failing rule as a list item: ✗, or ? for one GitLab's answer cannot decide."""
+    if leaf.mark == "undecided":
+        return f"- ? {code(plain(leaf.text))} (undecided)"
+    return f"- ✗ {code(plain(leaf.text))}"
 
 
 def _passing_line(decision: Decision) -> str:
     verdict = decision.verdict
-    return f"- ✅ {code(decision.check)} passes: {code(verdict.reason)}"
+    return f"- ✅ {code(decision.check)} passes: {code(plain(verdict.reason))}"
 
 
 def render_body(decisions: Sequence[Decision]) -> str:

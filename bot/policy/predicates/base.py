@@ -141,6 +141,18 @@ def plural(count: int, word: str, plural_word: str | None = None) -> str:
     return f"{count} {word if count == 1 else (plural_word or word + 's')}"
 
 
+def rules_failing(failing: int, count: int, verb: str = "fail") -> str:
+    """`2 of 3 rules fail`; of a single rule, `the only rule fails`."""
+    if count == 1:
+        return f"the only rule {'fails' if verb == 'fail' else verb}"
+    return f"{failing} of {count} rules {verb}"
+
+
+def rules_holding(count: int) -> str:
+    """`all 3 rules hold`; of a single rule, `the only rule holds` (never "all 1 rule")."""
+    return "the only rule holds" if count == 1 else f"all {count} rules hold"
+
+
 def clip(text: str, limit: int = 60) -> str:
     """A short quoted excerpt of user text for evidence sentences."""
     text = " ".join(text.split())
@@ -166,4 +178,6 @@ __all__ = [
     "listing",
     "plural",
     "register",
+    "rules_failing",
+    "rules_holding",
 ]
