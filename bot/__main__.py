@@ -1,4 +1,4 @@
-"""`python -m bot <command>`: the commands of DESIGN 4.1, and nothing else."""
+"""`python -m bot <command>`: the commands (README, "Commands"), and nothing else."""
 
 from __future__ import annotations
 
