@@ -1,5 +1,6 @@
-"""The policy cookbook (policies/cookbook/): every recipe is valid, passes its own cases as a
-user's CI would run them, and stays out of the set the service loads."""
+"""The policy cookbook (policies/cookbook/, README "Policy cookbook"): every recipe is valid, passes
+its own cases as a user's CI would run them, stays out of the set the service loads, and is
+shown in the README exactly as it is in the repository."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from bot.policy.loader import is_test_file, policy_files
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "policies"
 COOKBOOK = SHIPPED / "cookbook"
+README = REPO / "README.md"
 
 
 def recipes() -> list[Path]:
@@ -88,3 +90,13 @@ def test_the_cookbook_is_not_loaded_by_default() -> None:
     run_tests([str(SHIPPED)], out)
     ran = {line.split(":")[0].split(" ", 1)[1] for line in out.getvalue().splitlines()[:-1]}
     assert ran == shipped
+
+
+def test_the_readme_shows_every_recipe_as_it_is() -> None:
+    readme = README.read_text()
+    section = readme.split("\n## Policy cookbook\n", 1)[1].split("\n## ", 1)[0]
+    for recipe in recipes():
+        assert recipe.read_text().strip() in section, f"README shows a stale {recipe.name}"
+        cases = yaml.safe_load(recipe.with_name(f"{recipe.stem}.test.yaml").read_text())["cases"]
+        missing = [case["name"] for case in cases if case["name"] not in section]
+        assert not missing, f"README lacks cases of {recipe.name}: {missing}"
