@@ -132,3 +132,24 @@ def test_the_readme_demo_deliveries_are_queued() -> None:
     for event, body in deliveries:
         delivery = asyncio.run(_interpret(body, event, status_check=False))
         assert [str(key) for key, _ in delivery.work] == ["1!2"], (event, delivery.ignored)
+
+
+def test_the_rooms_table_names_every_module() -> None:
+    """docs/architecture.md, "Rooms", says what each file of bot/ owns: a new module (or a
+    sub-package) needs its line there, so the map never hides a part of the code."""
+    rooms = ARCHITECTURE.read_text().split("\n## Rooms\n", 1)[1].split("\n### ", 1)[0]
+    named = set(re.findall(r"`([\w/]+\.py|[\w]+/)`", rooms))
+    bot = REPO / "bot"
+    expected = set()
+    for path in bot.rglob("*"):
+        relative = path.relative_to(bot)
+        if "__pycache__" in relative.parts or path.name == "__init__.py":
+            continue
+        if len(relative.parts) == 1 and path.suffix == ".py":
+            expected.add(f"bot/{path.name}")  # the base and the entry point, by full path
+        elif len(relative.parts) == 2 and path.suffix == ".py":
+            expected.add(path.name)
+        elif len(relative.parts) == 2 and path.is_dir():
+            expected.add(f"{path.name}/")
+    missing = sorted(expected - named)
+    assert not missing, f"add these to the table in docs/architecture.md#rooms: {missing}"
