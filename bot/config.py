@@ -1,4 +1,4 @@
-"""Settings from the environment (DESIGN 4.2), validated once at start-up and then frozen.
+"""Settings from the environment (docs/architecture.md#settings), validated once, then frozen.
 
 A bad setting must stop the bot before it accepts traffic, with one line that says what to fix.
 """

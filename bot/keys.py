@@ -1,7 +1,8 @@
 """The units of work the queue coalesces, and the hints a delivery carries about them.
 
-A hint is never trusted for a decision (DESIGN principle 1); it only lets the worker guess which
-facts to fetch in the same round as the MR itself, and names what triggered the evaluation.
+A hint is never trusted for a decision (docs/architecture.md#payloads-are-hints); it only lets
+the worker guess which facts to fetch in the same round as the MR itself, and names what
+triggered the evaluation.
 """
 
 from __future__ import annotations

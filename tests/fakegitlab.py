@@ -21,8 +21,9 @@ Standalone, for benchmarks (prints its URL on the first line of stdout):
     python -m tests.fakegitlab --port 0 --latency 0.02 --version 18.9.0 --seed-mrs 200 --checks a,b
 
 The GitLab behaviour mimicked here is paraphrased from GitLab's source and docs, 14.0 to 18.x (see
-DESIGN.md section 5). Where real GitLab varies in ways the fake cannot know (a feature flag, an
-instance setting), the fake picks the strictest plausible behaviour and says so in a docstring.
+docs/architecture.md#gitlab-facts). Where real GitLab varies in ways the fake cannot know (a
+feature flag, an instance setting), the fake picks the strictest plausible behaviour and says
+so in a docstring.
 """
 
 from __future__ import annotations

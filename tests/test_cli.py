@@ -1,5 +1,6 @@
-"""The commands of DESIGN 4.1 as users run them: `python -m bot ...` in a real subprocess with a
-controlled environment, against the fake GitLab (in this process, or standalone)."""
+"""The commands (README, "Commands") as users run them: `python -m bot ...` in a real
+subprocess with a controlled environment, against the fake GitLab (in this process, or
+standalone)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The fake GitLab behaves like GitLab where the bot depends on it (DESIGN.md sections 5 and 6).
+"""The fake GitLab behaves like GitLab where the bot depends on it (docs/architecture.md,
+"GitLab facts" and "How we test").
 
 Each test talks to a real fake server over HTTP, mostly through gidgetlab as the bot does.
 """
@@ -634,7 +635,7 @@ async def test_runs_standalone_and_prints_its_url() -> None:
         await process.wait()
 
 
-# --- Where GitLab's answer lags or is cut (DESIGN 5): the fake must not be kinder than GitLab ---
+# --- docs/architecture.md#where-gitlabs-answer-lags-or-is-cut: no kinder than GitLab ---
 
 
 async def test_head_pipeline_keeps_the_old_heads_pipeline_after_a_push(

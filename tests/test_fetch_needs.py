@@ -1,5 +1,6 @@
 """Lazy facts end to end: the bot (a real server) reads from the fake GitLab exactly what the
-applicable policies need, each kind once per evaluation, concurrently (DESIGN principle 6)."""
+applicable policies need, each kind once per evaluation, concurrently
+(docs/architecture.md#fetch-only-what-is-needed)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every predicate of DESIGN 4.4, holding and failing, with the evidence people will read."""
+"""Every predicate (README, "Predicates"), holding and failing, with the evidence people read."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ Per project it makes GitLab match what the policies say: one external status che
 and writes only what differs, so a second run writes nothing; `--dry-run` prints the plan and
 writes nothing at all.
 
-Two GitLab facts shape the plan (read in GitLab's source, like those of DESIGN 5):
+Two GitLab facts shape the plan (read in GitLab's source: docs/architecture.md#gitlab-facts):
 - `external_url` is unique per project, so each check gets the bot's URL plus `?check=<name>`
   (the bot routes on the path and judges by the check's name in the body; the query is a label).
 - GitLab lists a check on an MR only when it has no protected branch or one whose name *equals*

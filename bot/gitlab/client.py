@@ -308,7 +308,7 @@ class _Pages:
     under its API path: a proxy's `http://` link, or a hostile one, never gets the token. A next
     page that does not advance is a loop; more than `max_pages` pages is refused
     (`pagination_capped`). Both are errors rather than a short list: a list cut short could let
-    a check pass on missing data (DESIGN principle 8)."""
+    a check pass on missing data (docs/architecture.md#never-a-false-pass)."""
 
     def __init__(self, api: _HardenedAPI, max_pages: int) -> None:
         self.api = api
@@ -420,7 +420,7 @@ def project_ref(project: int | str) -> str:
 
 
 class GitLab:
-    """Typed calls the bot makes, version-aware (see DESIGN 5)."""
+    """Typed calls the bot makes, version-aware (docs/architecture.md#gitlab-facts)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""The policy language (DESIGN 4.4): load YAML policies, evaluate them, explain and test them.
+"""The policy language (README, "Policy language"): load, evaluate, explain and test policies.
 
 policy_set = load_policy_dir("policies")          # PolicyLoadError lists every problem
 verdict = evaluate(policy_set.get("size-limit"), facts)

@@ -2,7 +2,8 @@
 
 Policies are pure functions of `MergeRequestFacts`. The optional parts (diffs, approvals, commits,
 discussions, group members) are only present when some applicable policy declared that it needs
-them, so an evaluation reads from GitLab exactly what its policies use (DESIGN principle 6).
+them, so an evaluation reads from GitLab exactly what its policies use
+(docs/architecture.md#fetch-only-what-is-needed).
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ def _observe(
 
 
 async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Reconcile at start-up and every RECONCILE_INTERVAL (DESIGN principle 4)."""
+    """Reconcile at start-up and every RECONCILE_INTERVAL (README, "Never stale, never lost")."""
     settings = app[SETTINGS]
     store = app[POLICIES]
     sweeper = Sweeper(

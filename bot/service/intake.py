@@ -1,4 +1,6 @@
-"""POST /webhook: verify, read, parse, classify, de-duplicate, enqueue, answer (DESIGN 4.3).
+"""POST /webhook: verify, read, parse, classify, de-duplicate, enqueue, answer.
+
+The contract: docs/architecture.md#endpoints.
 
 Every GitLab delivery lands on one URL: project, group and system webhooks (`X-Gitlab-Event`,
 `X-Gitlab-Token`) and external status-check requests (no event header, `external_approval_rule` in

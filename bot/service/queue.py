@@ -1,4 +1,4 @@
-"""Per-MR coalescing queue and its bounded worker pool (DESIGN principle 3).
+"""Per-MR coalescing queue and its bounded worker pool (docs/architecture.md#one-evaluation-per-mr).
 
 The queue holds at most one entry per key however many deliveries arrive, and a key is never
 evaluated twice at once: a burst for one MR while it is queued or running results in at most one

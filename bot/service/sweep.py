@@ -1,6 +1,7 @@
-"""The reconciliation sweep (DESIGN principle 4): webhooks get lost, people post statuses by hand,
+"""The reconciliation sweep: webhooks get lost, people post statuses by hand,
 the bot restarts mid-burst — so at start-up and every RECONCILE_INTERVAL every open MR of every
-project the bot serves is evaluated again, and whatever GitLab shows wrongly is repaired.
+project the bot serves is evaluated again, and whatever GitLab shows wrongly is repaired
+(docs/architecture.md#reconcile-against-gitlabs-list).
 
 The sweep feeds the queue's background lane, which workers drain only when no delivery waits, and
 paces itself to a request budget so it never eats GitLab's rate limit or starves webhook work.
