@@ -139,6 +139,20 @@ def _yes_no(value: bool, yes: str, no: str) -> str:
     return yes if value else no
 
 
+# The optional facts describe_facts words itself (the others are shown as they are).
+_SHOWN = frozenset(
+    {
+        "pipeline_status",
+        "stale_pipeline_sha",
+        "changed_files",
+        "approved_by",
+        "approvals_settle_at",
+        "commits",
+        "unresolved_threads",
+    }
+)
+
+
 def describe_facts(reading: Reading) -> list[str]:
     """The facts as short lines, one per kind, in the order they were fetched."""
     facts = reading.facts
@@ -178,6 +192,11 @@ def describe_facts(reading: Reading) -> list[str]:
     for group, members in sorted(facts.group_members.items()):
         names = listing(sorted(members.members), 8) if members.members else "nobody"
         lines.append(f"members of {group}: {names}")
+    # Any other optional fact (one added since these lines were written): shown as it is.
+    for field in dataclasses.fields(facts):
+        value = getattr(facts, field.name)
+        if field.default is None and field.name not in _SHOWN and value is not None:
+            lines.append(f"{field.name.replace('_', ' ')}: {value}")
     if reading.listed is not None:
         shown = [f"{c.name} {c.status}" for c in reading.listed]
         lines.append(f"status checks: {', '.join(shown) or 'none listed for this MR'}")

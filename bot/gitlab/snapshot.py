@@ -24,7 +24,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -281,17 +281,6 @@ class ProjectFacts:
         return found
 
 
-# FactReader's job names -> the fact names FactNeeds.describe() uses (keys of `unreadable`).
-_FACT_NAMES = {
-    "changed_files": "diffs",
-    "approved_by": "approvals",
-    "approval_resets": "approvals",
-    "newest_version": "approvals",
-    "commits": "commits",
-    "unresolved_threads": "discussions",
-}
-
-
 def _parse_time(text: Any) -> float | None:
     if not isinstance(text, str) or not text:
         return None
@@ -329,21 +318,10 @@ class FactReader:
     async def fetch(self, project_id: int | str, iid: int, needs: FactNeeds) -> dict[str, Any]:
         """The reads `needs` takes that depend on nothing but the MR's key, concurrently:
         {job: answer or the GitLabError it raised}. Transient errors are raised."""
-        gitlab = self.gitlab
         jobs: dict[str, Any] = {}
-        if needs.diffs or needs.line_counts:
-            jobs["changed_files"] = gitlab.changed_files(project_id, iid)
-        if needs.approvals:
-            jobs["approved_by"] = gitlab.approvals(project_id, iid)
-            resets = self.projects.resets_approvals(project_id)
-            if resets is None:
-                jobs["approval_resets"] = self.projects.read_resets_approvals(project_id)
-            if resets is not False:
-                jobs["newest_version"] = gitlab.newest_version(project_id, iid)
-        if needs.commits:
-            jobs["commits"] = gitlab.commits(project_id, iid)
-        if needs.discussions:
-            jobs["unresolved_threads"] = gitlab.discussions(project_id, iid)
+        for source in SOURCES:
+            if source.wanted(needs):
+                jobs.update(source.fetch(self, project_id, iid))
         for group in sorted(needs.groups):
             jobs[f"group:{group}"] = self.groups.members(group)
         if not jobs:
@@ -373,29 +351,14 @@ class FactReader:
             if isinstance(answer, GitLabError):
                 # A refusal (403, 404...) will not go away by asking again: the rules that need
                 # this fact are undecided with GitLab's answer; every other rule as usual.
-                unreadable[_FACT_NAMES.get(job, job.replace("group:", "members of "))] = (
-                    answer.advice()
-                )
+                unreadable[_fact_name(job)] = answer.advice()
             else:
                 results[job] = answer
+        read = Read(self, results, mr, facts, needs, unreadable)
         fields: dict[str, Any] = {}
-        if "changed_files" in results:
-            fields.update(await self._diff_fields(facts, needs, results["changed_files"]))
-        if "approved_by" in results:
-            fields.update(self._approval_fields(facts, results))
-        if "commits" in results:
-            fields["commits"] = tuple(
-                Commit(
-                    sha=str(c.get("id", "")),
-                    message=str(c.get("message") or c.get("title") or ""),
-                    author_email=str(c.get("author_email") or ""),
-                )
-                for c in results["commits"]
-            )
-        if "unresolved_threads" in results:
-            fields["unresolved_threads"] = _unresolved_threads(results["unresolved_threads"])
-        if needs.pipeline:
-            fields.update(await self._pipeline_fields(mr, facts, unreadable))
+        for source in SOURCES:
+            if source.wanted(needs):
+                fields.update(await source.fields(read))
         groups = {
             job[len("group:") :]: answer
             for job, answer in results.items()
@@ -538,6 +501,121 @@ def merge_facts(facts: MergeRequestFacts, *optional: Mapping[str, Any]) -> Merge
             else:
                 fields[name] = value
     return dataclasses.replace(facts, **fields) if fields else facts
+
+
+# -- where each optional fact comes from ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Read:
+    """What a source turns into fact fields: the answers fetched (by job name), the MR as GitLab
+    answered, its base facts, what is needed, and where refusals are noted."""
+
+    reader: FactReader
+    results: Mapping[str, Any]
+    mr: Mapping[str, Any]
+    facts: MergeRequestFacts
+    needs: FactNeeds
+    unreadable: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Source:
+    """How one optional fact is read. `flags`: the FactNeeds flags that ask for it (a refusal
+    is filed under the first). `jobs`: the names of its reads. `fetch`: the GitLab reads that
+    depend only on the MR's key, by job name (run concurrently with every other source's).
+    `fields`: their answers turned into MergeRequestFacts fields for the head (it may read
+    more)."""
+
+    flags: tuple[str, ...]
+    jobs: tuple[str, ...]
+    fetch: Callable[[FactReader, int | str, int], dict[str, Awaitable[Any]]]
+    fields: Callable[[Read], Awaitable[dict[str, Any]]]
+
+    def wanted(self, needs: FactNeeds) -> bool:
+        return any(getattr(needs, flag) for flag in self.flags)
+
+
+async def _diffs(read: Read) -> dict[str, Any]:
+    if "changed_files" not in read.results:
+        return {}
+    return await read.reader._diff_fields(read.facts, read.needs, read.results["changed_files"])
+
+
+def _fetch_approvals(reader: FactReader, project: int | str, iid: int) -> dict[str, Any]:
+    jobs: dict[str, Any] = {"approved_by": reader.gitlab.approvals(project, iid)}
+    resets = reader.projects.resets_approvals(project)
+    if resets is None:
+        jobs["approval_resets"] = reader.projects.read_resets_approvals(project)
+    if resets is not False:
+        jobs["newest_version"] = reader.gitlab.newest_version(project, iid)
+    return jobs
+
+
+async def _approvals(read: Read) -> dict[str, Any]:
+    if "approved_by" not in read.results:
+        return {}
+    return read.reader._approval_fields(read.facts, read.results)
+
+
+async def _commits(read: Read) -> dict[str, Any]:
+    if "commits" not in read.results:
+        return {}
+    return {
+        "commits": tuple(
+            Commit(
+                sha=str(c.get("id", "")),
+                message=str(c.get("message") or c.get("title") or ""),
+                author_email=str(c.get("author_email") or ""),
+            )
+            for c in read.results["commits"]
+        )
+    }
+
+
+async def _discussions(read: Read) -> dict[str, Any]:
+    if "unresolved_threads" not in read.results:
+        return {}
+    return {"unresolved_threads": _unresolved_threads(read.results["unresolved_threads"])}
+
+
+async def _pipeline(read: Read) -> dict[str, Any]:
+    return await read.reader._pipeline_fields(read.mr, read.facts, read.unreadable)
+
+
+# Every optional fact: adding one is a FactNeeds flag and a field in bot/policy/facts.py, and an
+# entry here with its reader (docs/architecture.md#the-snapshot).
+SOURCES: tuple[Source, ...] = (
+    Source(
+        ("diffs", "line_counts"),
+        ("changed_files",),
+        lambda r, p, i: {"changed_files": r.gitlab.changed_files(p, i)},
+        _diffs,
+    ),
+    Source(
+        ("approvals",),
+        ("approved_by", "approval_resets", "newest_version"),
+        _fetch_approvals,
+        _approvals,
+    ),
+    Source(
+        ("commits",), ("commits",), lambda r, p, i: {"commits": r.gitlab.commits(p, i)}, _commits
+    ),
+    Source(
+        ("discussions",),
+        ("unresolved_threads",),
+        lambda r, p, i: {"unresolved_threads": r.gitlab.discussions(p, i)},
+        _discussions,
+    ),
+    Source(("pipeline",), (), lambda r, p, i: {}, _pipeline),
+)
+
+
+def _fact_name(job: str) -> str:
+    """The fact a job reads, as FactNeeds.describe() names it (the key of `unreadable`)."""
+    if job.startswith("group:"):
+        return f"members of {job[len('group:') :]}"
+    return next((s.flags[0] for s in SOURCES if job in s.jobs), job)
 
 
 # -- the snapshot --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import typing
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -106,17 +107,20 @@ def make_facts(
     commits: Iterable[str | Mapping[str, Any] | Commit] | None = (),
     group_members: Mapping[str, Iterable[str] | GroupMembers] | None = None,
     now: dt.datetime | str | None = None,
+    **more: Any,
 ) -> MergeRequestFacts:
     """MR facts from plain values; every optional fact is present (empty) unless given None.
 
     `changed_files_truncated`: GitLab cut the diff, so paths, file count and line counts are all
-    lower bounds. `group_members`: usernames that count as members of each group."""
+    lower bounds. `group_members`: usernames that count as members of each group. `more`: any
+    other fact of a plain kind (GENERIC_FACTS), as MergeRequestFacts names it, so a new fact
+    needs no change here."""
     if isinstance(now, str):
         now = dt.datetime.fromisoformat(now)
     if blocking_discussions_resolved is None:
         blocking_discussions_resolved = not unresolved_threads
     files = None if changed_files is None else tuple(changed_file(s) for s in changed_files)
-    return MergeRequestFacts(
+    fields: dict[str, Any] = dict(
         project_id=project_id,
         project_path=project,
         iid=iid,
@@ -150,6 +154,36 @@ def make_facts(
         },
         now=now or DEFAULT_NOW,
     )
+    # A fact given by name overrides what the arguments above imply (e.g. changes_count).
+    fields.update((name, _plain(name, value)) for name, value in more.items())
+    return MergeRequestFacts(**fields)
+
+
+def _fact_kinds() -> dict[str, str]:
+    """MergeRequestFacts fields of a plain kind: "bool", "int", "str" or "strings" (a tuple or
+    frozenset of strings), whether or not they may be None."""
+    kinds: dict[str, str] = {}
+    for name, hint in typing.get_type_hints(MergeRequestFacts).items():
+        options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if typing.get_origin(hint) in (tuple, frozenset):
+            options = [hint]
+        if len(options) != 1:
+            continue
+        kind, origin = options[0], typing.get_origin(options[0])
+        if kind in (bool, int, str):
+            kinds[name] = kind.__name__
+        elif origin in (tuple, frozenset) and typing.get_args(kind)[:1] == (str,):
+            kinds[name] = "strings"
+    return kinds
+
+
+def _plain(name: str, value: Any) -> Any:
+    if name not in GENERIC_FACTS:
+        raise TypeError(f"make_facts() has no fact {name!r} (known: {sorted(GENERIC_FACTS)})")
+    if GENERIC_FACTS[name] == "strings" and value is not None:
+        kind = typing.get_origin(typing.get_type_hints(MergeRequestFacts)[name])
+        return (frozenset if kind is frozenset else tuple)(str(v) for v in value)
+    return value
 
 
 def compile_rule(text: str) -> Rule:
@@ -188,6 +222,10 @@ MR_KEYS = (
     "group_members",
     "now",
 )
+# Facts a test case may give under their MergeRequestFacts name, with no code of their own here:
+# every field of a plain kind that MR_KEYS and make_facts do not already cover.
+_EXPLICIT = {*MR_KEYS, "project_path", "project_id", "iid", "author", "pipeline_status"}
+GENERIC_FACTS = {k: v for k, v in _fact_kinds().items() if k not in _EXPLICIT}
 CHANGE_KEYS = (
     "path",
     "old_path",
@@ -228,7 +266,7 @@ class TestFile:
 def _mr_values(ctx: Ctx, node: Node, what: str) -> dict[str, Any] | None:
     """An `mr:` (or `defaults:`) mapping -> make_facts keyword arguments."""
     entries = ctx.mapping(node, what)
-    if entries is None or not ctx.known_keys(entries, MR_KEYS, what):
+    if entries is None or not ctx.known_keys(entries, (*MR_KEYS, *GENERIC_FACTS), what):
         return None
     values: dict[str, Any] = {}
     ok = True
@@ -244,9 +282,26 @@ def _mr_values(ctx: Ctx, node: Node, what: str) -> dict[str, Any] | None:
 _BAD = object()
 
 
+def _generic_value(ctx: Ctx, kind: str, node: Node, what: str) -> Any:
+    """A fact of a plain kind, read as its kind says (GENERIC_FACTS)."""
+    value: Any
+    if kind == "bool":
+        value = ctx.boolean(node, what)
+    elif kind == "int":
+        value = ctx.integer(node, what)
+    elif kind == "str":
+        value = ctx.string(node, what, allow_empty=True)
+    else:
+        items = ctx.string_list(node, what, single_ok=True, allow_empty_list=True)
+        value = None if items is None else [text for text, _ in items]
+    return _BAD if value is None else value
+
+
 def _mr_value(ctx: Ctx, key: str, node: Node) -> Any:
     what = f"`{key}`"
     value: Any
+    if key in GENERIC_FACTS:
+        return _generic_value(ctx, GENERIC_FACTS[key], node, what)
     if key in (
         "draft",
         "has_conflicts",
