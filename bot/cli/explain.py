@@ -198,8 +198,8 @@ def describe_facts(reading: Reading) -> list[str]:
         if field.default is None and field.name not in _SHOWN and value is not None:
             lines.append(f"{field.name.replace('_', ' ')}: {value}")
     if reading.listed is not None:
-        shown = [f"{c.name} {c.status}" for c in reading.listed]
-        lines.append(f"status checks: {', '.join(shown) or 'none listed for this MR'}")
+        checks = [f"{c.name} {c.status}" for c in reading.listed]
+        lines.append(f"status checks: {', '.join(checks) or 'none listed for this MR'}")
     else:
         lines.append(f"status checks: not readable: {reading.listed_problem}")
     return lines

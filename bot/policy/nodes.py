@@ -86,7 +86,7 @@ class _BoundedLoader(yaml.SafeLoader):
                 None, None, f"the YAML is nested more than {self.max_depth} levels deep", mark
             )
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         event = self.peek_event()
         if self.check_event(AliasEvent):
             anchor = event.anchor
@@ -100,14 +100,14 @@ class _BoundedLoader(yaml.SafeLoader):
                 )
             if anchor in self.anchors:
                 self._spend(*self._measure(self.anchors[anchor]), event.start_mark)
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         self._spend(1, 1, event.start_mark)
         anchor = event.anchor
         if anchor is not None:
             self._open.add(anchor)
         self._depth += 1
         try:
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
             if anchor is not None:
@@ -178,7 +178,7 @@ def parse_yaml(
     problems at the YAML line."""
     loader = _BoundedLoader(text, max_nodes, max_depth)
     try:
-        return loader.get_single_node()  # type: ignore[no-any-return]
+        return loader.get_single_node()
     except YAMLLimitError as exc:
         mark = exc.problem_mark
         problems.append(PolicyProblem(path, mark.line + 1 if mark else 1, str(exc.problem)))

@@ -188,7 +188,7 @@ async def _nothing() -> list[dict[str, Any]]:
 async def _rows(read: Any, problems: list[str]) -> list[dict[str, Any]]:
     """A record read, or nothing and the reason (the page shows what GitLab says regardless)."""
     try:
-        return await read  # type: ignore[no-any-return]
+        return await read
     except StateError as exc:
         problems.append(str(exc))
         return []

@@ -419,7 +419,7 @@ class OffLoopInterpreter:
                     raise PayloadError("the delivery could not be interpreted") from None
                 continue
             if outcome == "ok":
-                return value  # type: ignore[no-any-return]
+                return value
             if outcome == "invalid":
                 raise PayloadError(value)
             raise _Unreadable(value)

@@ -503,6 +503,10 @@ class DecisionRecord:
         if pruned:
             log.info("record_pruned", rows=pruned, retention_days=retention_days)
 
+    def _prune_old(self, conn: sqlite3.Connection) -> None:
+        """The writer's periodic pruning, as a write of its own."""
+        self._prune(conn, self.retention_days)
+
     @staticmethod
     def _prune(conn: sqlite3.Connection, retention_days: float) -> int:
         cutoff = time.time() - retention_days * 86400
@@ -533,7 +537,7 @@ class DecisionRecord:
                 self._commit(conn, writes)
             if time.monotonic() - last_prune > PRUNE_EVERY:
                 last_prune = time.monotonic()
-                self._commit(conn, [lambda c: self._prune(c, self.retention_days)])
+                self._commit(conn, [self._prune_old])
             for item in batch:
                 if isinstance(item, _Flush):
                     item.done()

@@ -168,9 +168,9 @@ class Sweeper:
         if not merge_requests and project in self._unconfirmed:
             # GitLab knows the id but lists no open MR: nothing to heal there (a delivery for
             # it brings it back).
-            self._unconfirmed.discard(project)  # type: ignore[arg-type]
+            self._unconfirmed.discard(project)
             if self.drop_unconfirmed is not None:
-                self.drop_unconfirmed(project)  # type: ignore[arg-type]
+                self.drop_unconfirmed(project)
         for mr in merge_requests:
             try:
                 key = MRKey(int(mr["project_id"]), int(mr["iid"]))
