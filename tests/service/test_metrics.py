@@ -1,21 +1,14 @@
-"""GET /metrics (Prometheus, read with prometheus-client's own parser); GET /readyz failing."""
+"""GET /metrics (Prometheus, read with prometheus-client's own parser); /readyz: test_app.py."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.config import Settings
-from bot.service.app import METRICS, create_app
+from bot.service.app import METRICS
 from bot.service.metrics import Metrics, endpoint_template
-from bot.service.policy_store import PolicyStore
 from tests import payloads
 from tests.builders import running_pipeline, seed_mr
 from tests.conftest import TOKEN, Bot
@@ -186,45 +179,3 @@ async def test_openmetrics_is_served_when_asked_for(bot: Bot) -> None:
         assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
         assert (await resp.text()).rstrip().endswith("# EOF")
     assert bot.app[METRICS].registry is not None
-
-
-async def test_readyz_fails_while_gitlab_fails_and_recovers(
-    gitlab: FakeGitLab, start_bot: Callable[..., Any]
-) -> None:
-    gitlab.fail(500, times=10_000)  # every request, from start-up on
-    bot = await start_bot()
-    async with bot.session.get(f"{bot.url}/readyz") as resp:
-        assert resp.status == 503
-        body = await resp.json()
-    assert body["status"] == "not ready"
-    assert any("GitLab is unreachable" in problem for problem in body["problems"])
-    gitlab.clear_faults()
-    # /readyz asks GitLab at most once per 30 s (tests/service/test_readiness.py): the probe's
-    # answer stands until a real call shows GitLab answering again, e.g. an evaluation.
-    async with bot.session.get(f"{bot.url}/readyz") as resp:
-        assert resp.status == 503
-    gitlab.add_project(1, "acme/app")
-    gitlab.add_status_check(1, "conventional-title")
-    gitlab.add_mr(1, 1, sha="1" * 40, title="feat: x", source_branch="feature")
-    assert (await bot.deliver(payloads.merge_request_hook(sha="1" * 40)))[0] == 202
-    await bot.settle()
-    async with bot.session.get(f"{bot.url}/readyz") as resp:
-        assert resp.status == 200
-
-
-async def test_readyz_fails_while_policies_are_not_loaded(
-    gitlab: FakeGitLab, make_settings: Callable[..., Settings], policy_dir: Path
-) -> None:
-    app = create_app(make_settings(), PolicyStore(policy_dir))  # never loaded
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(str(server.make_url("/readyz"))) as resp,
-        ):
-            assert resp.status == 503
-            body = await resp.json()
-    finally:
-        await server.close()
-    assert body["problems"] == ["policies are not loaded"]
