@@ -177,6 +177,10 @@ def make_settings(gitlab: FakeGitLab, policy_dir: Path, tmp_path: Path) -> Calla
             handle_signals=False,
             policy_poll_interval=0.2,
             shutdown_deadline=2.0,
+            # Two evaluations of one MR start at least this far apart. The product's 0.5 s
+            # (EVALUATION_SPACING) only paced tests that deliver one MR several times in a row;
+            # tests of the spacing itself set it (tests/service/test_queue.py).
+            evaluation_spacing=0.05,
         )
         return replace(settings, **overrides)
 

@@ -427,6 +427,10 @@ async def test_an_unreadable_version_is_asked_again_after_gitlabs_retry_after(
     assert 0.9 <= asks[-1].started - asks[-2].finished < 3.0
 
 
+# UNREADABLE: /version fails for good. GitLab's 503 with Retry-After: 0 makes each ask fail at
+# once, where a 500's retries wait out a backoff first: the same unknown version, seconds sooner.
+
+
 async def test_an_unknown_version_before_15_6_is_found_by_a_probe_that_stores_nothing(
     policy_dir: Path, start_bot: Callable[..., Any]
 ) -> None:
@@ -435,7 +439,7 @@ async def test_an_unknown_version_before_15_6_is_found_by_a_probe_that_stores_no
     nothing and tells: 15.0+ requires `status` (400). The failures are posted at once."""
     async with FakeGitLab(version="15.2.0", token=TOKEN) as fake:
         seed(fake, title="added login")  # both checks fail
-        fake.fail(500, times=10_000, path_contains="/version")
+        fake.fail(503, retry_after=0, times=10_000, path_contains="/version")  # see UNREADABLE
         bot = await start_bot(gitlab_url=fake.url)
         await bot.deliver(payloads.merge_request_hook(sha=SHA))
         await bot.settle()
@@ -453,7 +457,7 @@ async def test_a_probe_on_gitlab_14_reports_no_failure_and_stores_nothing(
     then known to be unreportable (a POST would read as approval) and nothing is posted."""
     async with FakeGitLab(version="14.5.0", token=TOKEN) as fake:
         seed(fake, title="added login")
-        fake.fail(500, times=10_000, path_contains="/version")
+        fake.fail(503, retry_after=0, times=10_000, path_contains="/version")  # see UNREADABLE
         bot = await start_bot(gitlab_url=fake.url)
         await bot.deliver(payloads.merge_request_hook(sha=SHA))
         await bot.settle()
@@ -467,7 +471,7 @@ async def test_an_approved_status_reveals_gitlab_14_when_the_version_is_unknown(
 ) -> None:
     async with FakeGitLab(version="14.5.0", token=TOKEN) as fake:
         seed(fake)
-        fake.fail(500, times=100, path_contains="/version")
+        fake.fail(503, retry_after=0, times=100, path_contains="/version")  # see UNREADABLE
         bot = await start_bot(gitlab_url=fake.url)
         other = {c["name"]: c["id"] for c in fake.projects[1].checks.values()}
         fake.set_status(1, 1, other["someone-elses-check"], SHA, "approved")  # its service said so

@@ -114,9 +114,9 @@ async def test_a_merged_results_pipeline_counts_for_the_head_it_was_built_from(
 
 
 async def approvals_bot(
-    start_bot: Callable[..., Any], tmp_path: Path, gitlab: FakeGitLab, settle: float = 1.5
+    start_bot: Callable[..., Any], tmp_path: Path, gitlab: FakeGitLab, settle: float = 0.75
 ) -> Bot:
-    gitlab.approval_reset_delay = 1.0  # GitLab's 10 s, shortened with the bot's window
+    gitlab.approval_reset_delay = 0.5  # GitLab's 10 s, shortened with the bot's window
     return await start_bot(
         gitlab_url=gitlab.url,
         policy_dir=write_policies(tmp_path / "p", POLICIES),

@@ -102,9 +102,12 @@ async def test_503_honours_retry_after_and_a_400_says_which_parameter(
 async def test_a_timeout_becomes_a_transient_gitlab_error_after_bounded_retries(
     gitlab: FakeGitLab, client: GitLab
 ) -> None:
-    gitlab.delay(2.0, times=10)
-    with pytest.raises(GitLabError) as caught:
-        await client.merge_request(1, 1)
+    gitlab.delay(0.6, times=10)  # longer than the timeout, over before the fake stops
+    async with aiohttp.ClientSession() as session:
+        # As the `client` fixture's, with a shorter timeout: three attempts time out sooner.
+        impatient = GitLab(session, url=gitlab.url, token=TOKEN, timeout=0.2, max_attempts=3)
+        with pytest.raises(GitLabError) as caught:
+            await impatient.merge_request(1, 1)
     assert caught.value.status is None and caught.value.transient
     assert "timed out" in caught.value.message
     assert len(gitlab.calls_to("GET", MR)) == 3
