@@ -166,7 +166,9 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the fake GitLab standalone.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakegitlab", description="Run the fake GitLab standalone."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(
         "--port",
