@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import textwrap
 import time
@@ -19,11 +20,45 @@ from aiohttp.test_utils import TestServer
 from bot.config import Settings
 from bot.logs import configure_logging
 from bot.service.app import QUEUE, SWEEPER, create_app
+from bot.service.details import LINK_KEY
+from bot.service.links import signed_link
 from bot.service.policy_store import PolicyStore
 from tests.fakegitlab import FakeGitLab
 
 TOKEN = "test-token-0123456789"
 WEBHOOK_SECRET = "hook-secret-abcdef"
+
+
+class LoopLag:
+    """A ticker on the event loop: how late each 5 ms sleep wakes is how long the loop was
+    blocked (by anything: our handler, aiohttp, the test client)."""
+
+    def __init__(self, tick: float = 0.005) -> None:
+        self.tick = tick
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.tick)
+            self.lags.append(time.perf_counter() - started - self.tick)
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0.02)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(0.02)
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    @property
+    def worst(self) -> float:
+        return max(self.lags, default=0.0)
 
 
 async def eventually(condition: Callable[[], bool], limit: float = 15.0) -> None:
@@ -142,6 +177,10 @@ def make_settings(gitlab: FakeGitLab, policy_dir: Path, tmp_path: Path) -> Calla
             handle_signals=False,
             policy_poll_interval=0.2,
             shutdown_deadline=2.0,
+            # Two evaluations of one MR start at least this far apart. The product's 0.5 s
+            # (EVALUATION_SPACING) only paced tests that deliver one MR several times in a row;
+            # tests of the spacing itself set it (tests/service/test_queue.py).
+            evaluation_spacing=0.05,
         )
         return replace(settings, **overrides)
 
@@ -176,3 +215,21 @@ async def start_bot(make_settings: Callable[..., Settings]) -> AsyncIterator[Cal
 @pytest.fixture
 async def bot(start_bot: Callable[..., Any]) -> Bot:
     return await start_bot()
+
+
+# -- the details page ------------------------------------------------------------------------
+
+
+def link(bot: Bot, project_id: int = 1, iid: int = 1, *, json: bool = False, **kw: Any) -> str:
+    signed = signed_link(bot.app[LINK_KEY], project_id, iid, ttl=kw.pop("ttl", 300), **kw)
+    if json:
+        path, query = signed.split("?", 1)
+        signed = f"{path}.json?{query}"
+    return bot.url + signed
+
+
+async def get(bot: Bot, url: str) -> tuple[int, Any, dict[str, str]]:
+    async with bot.session.get(url) as resp:
+        is_json = resp.content_type == "application/json"
+        body = await (resp.json() if is_json else resp.text())
+        return resp.status, body, dict(resp.headers)

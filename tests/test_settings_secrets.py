@@ -13,8 +13,7 @@ import pytest
 
 from bot.cli.base import local_settings, settings_from_env
 from bot.logs import get_logger
-from tests.test_cli import REPO, clean_env
-from tests.test_process import free_port
+from tests.processes import REPO, clean_env, free_port
 
 PASSWORD = "hunter2-s3cr3t-pass"
 
