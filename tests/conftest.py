@@ -7,7 +7,7 @@ import contextlib
 import json
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -233,3 +233,29 @@ async def get(bot: Bot, url: str) -> tuple[int, Any, dict[str, str]]:
         is_json = resp.content_type == "application/json"
         body = await (resp.json() if is_json else resp.text())
         return resp.status, body, dict(resp.headers)
+
+
+# -- PostgreSQL (DATABASE_URL) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster per pytest worker, with a migrated template database."""
+    from bot.service.schema import migrate_url
+    from tests.postgres import Cluster, require_binaries
+
+    cluster = Cluster(require_binaries())
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.psql("CREATE DATABASE bot_template")
+        asyncio.run(migrate_url(cluster.url("bot_template")))
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def database_url(pg_cluster: Any) -> str:
+    """A fresh, migrated database of the session's cluster."""
+    return str(pg_cluster.new_database())
