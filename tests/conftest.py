@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import textwrap
@@ -249,7 +250,9 @@ def pg_cluster() -> Iterator[Any]:
         cluster.init()
         cluster.start()
         cluster.psql("CREATE DATABASE bot_template")
-        asyncio.run(migrate_url(cluster.url("bot_template")))
+        # In a thread: the first test to ask may be running an event loop already.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, migrate_url(cluster.url("bot_template"))).result()
         yield cluster
     finally:
         cluster.destroy()
