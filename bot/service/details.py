@@ -33,6 +33,7 @@ from bot.policy.facts import MergeRequestFacts
 from bot.policy.model import Outcome, PolicySet
 from bot.policy.predicates.base import plural
 from bot.service.links import load_link_key, signed_link, verify
+from bot.service.pgrecord import PgRecord
 from bot.service.record import DecisionRecord, StateError, check_state_dir
 
 log = get_logger(__name__)
@@ -64,7 +65,7 @@ class Sources:
     """Where the page reads from; callables because the app builds them in its contexts."""
 
     gitlab: Callable[[], GitLab | None]
-    record: Callable[[], DecisionRecord | None]
+    record: Callable[[], DecisionRecord | PgRecord | None]
     policies: Callable[[], PolicySet]
 
 
