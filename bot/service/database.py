@@ -33,6 +33,7 @@ log = get_logger(__name__)
 DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection left mid-operation by a cut
     OSError,
     ConnectionError,
     TimeoutError,

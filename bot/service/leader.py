@@ -64,7 +64,7 @@ class SweepLeader:
                     self.sweeper.swept.set()
             except asyncio.CancelledError:
                 raise
-            except DB_ERRORS as exc:
+            except Exception as exc:  # PostgreSQL away or anything else: stand by, try again
                 log.debug("sweep_leader_lost", error=f"{type(exc).__name__}: {exc}")
                 self.sweeper.swept.set()
             finally:

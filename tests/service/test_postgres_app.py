@@ -1,0 +1,125 @@
+"""The service with DATABASE_URL, built with create_app as `serve` builds it: state in
+PostgreSQL, shared by every app on the same database (README "Running more than one")."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from bot.service.app import DATABASE, LEADER, QUEUE, RECORD
+from bot.service.details import LINK_KEY
+from bot.service.pgqueue import PgQueue
+from bot.service.pgrecord import PgRecord
+from tests.builders import running_pipeline, seed_mr
+from tests.conftest import Bot, eventually
+from tests.fakegitlab import FakeGitLab
+from tests.payloads import merge_request_hook
+
+SHA = "1" * 40
+CHECKS = ("conventional-title", "pipeline-green")
+
+
+def _seed(gitlab: FakeGitLab, iid: int = 1, title: str = "feat: x") -> int:
+    seed_mr(gitlab, CHECKS, iid=iid, title=title, sha=SHA, head_pipeline=running_pipeline(SHA))
+    return iid
+
+
+def mr_event(iid: int) -> dict[str, Any]:
+    return merge_request_hook(iid=iid, sha=SHA)
+
+
+async def settled(bot: Bot, limit: float = 10.0) -> None:
+    queue = bot.app[QUEUE]
+    await asyncio.wait_for(queue.join(), limit)
+
+
+async def test_a_delivery_is_committed_evaluated_and_recorded_in_postgres(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    mr = _seed(gitlab)
+    bot = await start_bot(database_url=database_url)
+    assert isinstance(bot.app[QUEUE], PgQueue)
+    assert isinstance(bot.app[RECORD], PgRecord)
+    status, body = await bot.deliver(mr_event(mr), headers={"Idempotency-Key": "d-1"})
+    assert (status, body["status"]) == (202, "queued")
+    await settled(bot)
+    assert gitlab.check_status(1, mr, "conventional-title") == "passed"
+    assert gitlab.check_status(1, mr, "pipeline-green") == "failed"
+    history = await bot.app[RECORD].history(1, mr)
+    assert {row["check"] for row in history} >= {"conventional-title"}
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM bot_deliveries") == 1
+        assert await conn.fetchval("SELECT count(*) FROM bot_projects") == 1
+    finally:
+        await conn.close()
+
+
+async def test_replicas_share_delivery_ids_link_key_and_one_sweep_leader(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    mr = _seed(gitlab)
+    first = await start_bot(database_url=database_url)
+    second = await start_bot(database_url=database_url)
+    headers = {"Idempotency-Key": "same-delivery"}
+    assert (await first.deliver(mr_event(mr), headers=headers))[0] == 202
+    status, body = await second.deliver(mr_event(mr), headers=headers)
+    assert (status, body) == (200, {"status": "duplicate"})
+    assert first.app[LINK_KEY] == second.app[LINK_KEY]
+    await eventually(lambda: first.app[LEADER].leading or second.app[LEADER].leading, 5)
+    await asyncio.sleep(1.5)  # a standby tries for the lock every second
+    assert [first.app[LEADER].leading, second.app[LEADER].leading].count(True) == 1
+    await settled(first)
+
+
+async def test_the_sweep_leader_dies_and_a_standby_takes_over(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """Two replicas, a 2 s interval: one sweeps; stopped, the other sweeps within an interval,
+    and the fleet never sweeps more than once per interval meanwhile."""
+    _seed(gitlab)
+    bots = [
+        await start_bot(database_url=database_url, reconcile_interval=2.0, projects=("acme/app",))
+        for _ in range(2)
+    ]
+    leaders = [bot.app[LEADER] for bot in bots]
+    await eventually(lambda: any(leader.sweeps for leader in leaders), 5)
+    leader = next(n for n, one in enumerate(leaders) if one.sweeps)
+    standby = 1 - leader
+    assert leaders[standby].sweeps == 0
+    await asyncio.sleep(2.5)
+    assert leaders[leader].sweeps in (1, 2) and leaders[standby].sweeps == 0
+    await bots[leader].stop()
+    stopped = asyncio.get_running_loop().time()
+    await eventually(lambda: leaders[standby].sweeps >= 1, 5)
+    assert asyncio.get_running_loop().time() - stopped < 2.0 + 1.5
+
+
+async def test_a_postgres_outage_holds_deliveries_and_says_why(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], pg_cluster: Any, database_url: str
+) -> None:
+    """PostgreSQL stops: the bot does not crash, /readyz says why (degraded, still 200: an
+    unready replica would get no deliveries at all), a delivery is answered 202 and held; when
+    PostgreSQL is back the held delivery is evaluated and its verdict posted and recorded."""
+    mr = _seed(gitlab, title="wip")
+    bot = await start_bot(database_url=database_url)
+    pg_cluster.stop()
+    try:
+        status, body = await bot.deliver(mr_event(mr), headers={"Idempotency-Key": "held-1"})
+        assert (status, body.get("held")) == (202, True)
+        async with bot.session.get(f"{bot.url}/readyz") as resp:
+            ready = await resp.json()
+        assert resp.status == 200
+        assert ready["status"] == "degraded"
+        assert any("PostgreSQL is unreachable" in w for w in ready["warnings"])
+        await asyncio.sleep(1.0)
+        assert gitlab.status_posts() == []
+    finally:
+        pg_cluster.start()
+    await eventually(lambda: gitlab.check_status(1, mr, "conventional-title") == "failed", 15)
+    await eventually(lambda: bot.app[DATABASE].problem() is None, 10)
+    history = await bot.app[RECORD].history(1, mr)
+    assert {row["check"] for row in history} >= {"conventional-title"}
