@@ -133,7 +133,8 @@ async def test_a_burst_of_50_over_3_replicas_is_judged_at_most_4_times_never_at_
     gitlab: FakeGitLab, fleet: Fleet, database_url: str
 ) -> None:
     """50 deliveries for one MR within a second, round-robin over 3 replicas, with the product's
-    EVALUATION_SPACING (0.5 s) and a GitLab read slower than that: at most 4 evaluations, one at a time."""
+    EVALUATION_SPACING (0.5 s) and a GitLab read slower than that: at most 4 evaluations, one at
+    a time."""
     seed_mr(gitlab, CHECKS, title="feat: x", sha=SHA)
     reads = MRReads(gitlab, 1, delay=0.6)  # longer than the spacing
     replicas = await asyncio.gather(*(fleet.start() for _ in range(3)))
@@ -156,8 +157,8 @@ async def test_a_rolling_deploy_under_steady_deliveries_fails_none_and_ends_corr
     gitlab: FakeGitLab, fleet: Fleet, database_url: str
 ) -> None:
     """Two replicas behind a load balancer that routes to ready ones (it probes /readyz every
-    250 ms; DRAIN_DELAY is longer); a delivery every 20 ms for 8 MRs whose titles change meanwhile. One replica is
-    replaced, then the other (start a new one, SIGTERM an old one, as RollingUpdate does):
+    250 ms; DRAIN_DELAY is longer); a delivery every 20 ms for 8 MRs whose titles change
+    meanwhile. One replica is replaced, then the other (start a new one, SIGTERM an old one, as RollingUpdate does):
     every delivery is answered 202, and every MR ends with the verdict of its last title."""
     for iid in range(1, 9):
         seed_mr(gitlab, CHECKS, iid=iid, title="feat: x", sha=SHA)
@@ -206,10 +207,10 @@ async def test_a_rolling_deploy_under_steady_deliveries_fails_none_and_ends_corr
         for old in list(live):
             new = await fleet.start()
             live.append(new)
-            while new.name not in ready:
+            while new.name not in ready:  # noqa: ASYNC110 (the balancer's view, polled)
                 await asyncio.sleep(0.05)
             stopping = asyncio.create_task(fleet.stop(old))
-            while old.name in ready:
+            while old.name in ready:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             live.remove(old)
             assert await stopping == 0
