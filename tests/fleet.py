@@ -71,7 +71,7 @@ class Fleet:
             SHUTDOWN_DEADLINE=5,
             **{**self.settings, **settings},
         )
-        with log.open("wb") as out:  # noqa: ASYNC230 (a new, empty file)
+        with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
                 *bot_cmd("serve"), cwd=REPO, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
             )

@@ -158,8 +158,9 @@ async def test_a_rolling_deploy_under_steady_deliveries_fails_none_and_ends_corr
 ) -> None:
     """Two replicas behind a load balancer that routes to ready ones (it probes /readyz every
     250 ms; DRAIN_DELAY is longer); a delivery every 20 ms for 8 MRs whose titles change
-    meanwhile. One replica is replaced, then the other (start a new one, SIGTERM an old one, as RollingUpdate does):
-    every delivery is answered 202, and every MR ends with the verdict of its last title."""
+    meanwhile. One replica is replaced, then the other (start a new one, SIGTERM an old one,
+    as RollingUpdate does): every delivery is answered 202, and every MR ends with the verdict
+    of its last title."""
     for iid in range(1, 9):
         seed_mr(gitlab, CHECKS, iid=iid, title="feat: x", sha=SHA)
     fleet.settings = {"DRAIN_DELAY": 1}
