@@ -69,6 +69,7 @@ class Fleet:
             LOG_FORMAT="json",
             RECONCILE_INTERVAL=3600,
             SHUTDOWN_DEADLINE=5,
+            PYTHONFAULTHANDLER=1,  # a replica that hangs is made to dump its stacks (stop)
             **{**self.settings, **settings},
         )
         with log.open("wb") as out:
@@ -91,9 +92,14 @@ class Fleet:
         replica.proc.send_signal(signal.SIGKILL)
         await replica.proc.wait()
 
-    async def stop(self, replica: Replica) -> int:
+    async def stop(self, replica: Replica, limit: float = 20) -> int:
         replica.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(replica.proc.wait(), 30)
+        try:
+            return await asyncio.wait_for(replica.proc.wait(), limit)
+        except TimeoutError:
+            replica.proc.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack
+            await replica.proc.wait()
+            raise AssertionError(f"{replica.name} hung on SIGTERM: {replica.log}") from None
 
     async def close(self) -> None:
         for replica in self.replicas:

@@ -77,7 +77,7 @@ class Database:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def open(self, *, wait: float = START_WAIT) -> None:
+    async def open(self, *, wait: float = START_WAIT, migrate_schema: bool = True) -> None:
         """Connect and migrate the schema, retrying for up to `wait` seconds while PostgreSQL
         cannot be reached; raise DatabaseError (one line) after that or on a refusal that
         waiting cannot cure (bad password, unknown database, a schema too new)."""
@@ -92,8 +92,12 @@ class Database:
                     timeout=CONNECT_TIMEOUT,
                     command_timeout=COMMAND_TIMEOUT,
                 )
+                applied = []
                 async with self.pool.acquire() as conn:
-                    applied = await migrate(conn)
+                    if migrate_schema:
+                        applied = await migrate(conn)
+                    else:
+                        await conn.fetchval("SELECT 1")
                 if applied:
                     log.info("database_migrated", versions=applied, database=self.shown_url)
                 break
@@ -120,7 +124,8 @@ class Database:
                 log.warning("database_waiting", error=_describe(exc), database=self.shown_url)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
-        self._listen_task = asyncio.create_task(self._listen_forever(), name="database-listen")
+        if migrate_schema:  # a service, not a one-shot reader: it listens for work
+            self._listen_task = asyncio.create_task(self._listen_forever(), name="database-listen")
 
     async def _close_pool(self) -> None:
         pool, self.pool = self.pool, None

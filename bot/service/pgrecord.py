@@ -308,3 +308,47 @@ async def link_key(db: Database, make: Callable[[], bytes]) -> bytes:
     )
     value = await db.fetchval("SELECT value FROM bot_meta WHERE key = 'link_key'")
     return bytes.fromhex(str(value))
+
+
+async def _connected(url: str) -> Database:
+    """A database for a one-shot command: no migration (a reader never changes the schema)."""
+    db = Database(url, pool_size=2)
+    await db.open(wait=5, migrate_schema=False)
+    return db
+
+
+async def read_history_pg(
+    url: str, project: int | str, iid: int, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The `history` command's read with DATABASE_URL (StateError, one line, if it fails)."""
+    try:
+        db = await _connected(url)
+    except Exception as exc:
+        raise StateError(str(exc)) from None
+    try:
+        return await PgRecord(db).history(project, iid, limit)
+    finally:
+        await db.close()
+
+
+async def read_link_inputs_pg(url: str, path: str | None) -> tuple[bytes | None, int | None]:
+    """The `link` command's reads with DATABASE_URL: the fleet's link key (None if no replica
+    made one yet) and the id of project `path` (None if unknown or not asked)."""
+    try:
+        db = await _connected(url)
+    except Exception as exc:
+        raise StateError(str(exc)) from None
+    try:
+        value = await db.fetchval("SELECT value FROM bot_meta WHERE key = 'link_key'")
+        project_id = None
+        if path is not None:
+            project_id = await db.fetchval(
+                "SELECT project_id FROM bot_projects WHERE lower(path) = lower($1) "
+                "ORDER BY last_seen DESC LIMIT 1",
+                path,
+            )
+        return (bytes.fromhex(str(value)) if value else None), project_id
+    except DB_ERRORS as exc:
+        raise StateError(f"PostgreSQL cannot be read: {exc}") from None
+    finally:
+        await db.close()

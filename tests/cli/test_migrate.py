@@ -71,3 +71,41 @@ async def test_migrate_applies_the_schema_once(pg_cluster: Any) -> None:
 
 def test_migrate_without_database_url_is_one_line() -> None:
     assert_one_error_line(run_bot("migrate"), "DATABASE_URL is not set")
+
+
+async def test_history_and_link_read_the_fleets_state_with_database_url(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    """After the move, `history` and `link` read PostgreSQL: the same rows, and a link signed
+    with the fleet's key (the one every replica checks)."""
+    state_dir = tmp_path / "state"
+    await _sqlite_record(state_dir)
+    url = pg_cluster.new_database(template=None)
+    moved = await asyncio.to_thread(
+        run_bot, "migrate", "--from-state-dir", str(state_dir), DATABASE_URL=url
+    )
+    assert moved.returncode == 0, moved.stderr
+    empty = tmp_path / "elsewhere"  # not the old STATE_DIR: PostgreSQL must answer
+    history = await asyncio.to_thread(
+        run_bot, "history", "acme/app!1", DATABASE_URL=url, STATE_DIR=empty
+    )
+    assert history.returncode == 0, history.stderr
+    assert history.stdout.splitlines()[0].startswith("TIME (UTC)")
+    assert " title " in history.stdout.splitlines()[1]
+    link = await asyncio.to_thread(
+        run_bot,
+        "link",
+        "acme/app!1",
+        DATABASE_URL=url,
+        STATE_DIR=empty,
+        PUBLIC_URL="https://bot.example.com",
+    )
+    assert link.returncode == 0, link.stderr
+    from urllib.parse import parse_qs, urlsplit
+
+    from bot.service.links import verify
+
+    parts = urlsplit(link.stdout.strip())
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert (parts.netloc, parts.path) == ("bot.example.com", "/mr/1/1")
+    assert verify(bytes.fromhex("ab" * 32), parts.path, query["expires"], query["sig"])
