@@ -99,7 +99,8 @@ class Fleet:
         except TimeoutError:
             replica.proc.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack
             await replica.proc.wait()
-            raise AssertionError(f"{replica.name} hung on SIGTERM: {replica.log}") from None
+            tail = "\n".join(replica.log.read_text(errors="replace").splitlines()[-60:])
+            raise AssertionError(f"{replica.name} hung on SIGTERM:\n{tail}") from None
 
     async def close(self) -> None:
         for replica in self.replicas:

@@ -50,8 +50,11 @@ def require_binaries() -> Path:
 class Cluster:
     """One running cluster on 127.0.0.1 with trust authentication for the user `bot`."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
+        """`durable`: fsync and synchronous commits on, as in production (the benchmarks); the
+        tests turn them off, since a throwaway cluster needs no durability."""
         self.bin = bin_dir
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="bot-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
@@ -87,9 +90,10 @@ class Cluster:
             conf.write(
                 f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.root}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "max_connections = 200\nshared_buffers = 32MB\n"
             )
+            if not self.durable:
+                conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "30", "start")

@@ -44,6 +44,10 @@ COMMAND_TIMEOUT = 10.0
 START_WAIT = 30.0  # seconds `serve` waits for PostgreSQL at start before giving up
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """A pooled connection goes back as it is (see Database.open)."""
+
+
 class DatabaseError(Exception):
     """PostgreSQL cannot be used at start; the message is the one line the operator sees."""
 
@@ -91,6 +95,9 @@ class Database:
                     max_size=self.pool_size,
                     timeout=CONNECT_TIMEOUT,
                     command_timeout=COMMAND_TIMEOUT,
+                    # No session state to clear (advisory locks and LISTEN use connections of
+                    # their own): asyncpg's default reset is a round trip per statement.
+                    reset=_no_reset,
                 )
                 applied = []
                 async with self.pool.acquire() as conn:

@@ -107,7 +107,7 @@ WITH fresh AS (
         touched = now()
     RETURNING key
 )
-SELECT (SELECT count(*) FROM work) AS queued, pg_notify('{WORK_CHANNEL}', '')
+SELECT (SELECT count(*) FROM work) AS queued, pg_notify('{WORK_CHANNEL}', $4)
 """
 
 _ENQUEUE_BACKGROUND = f"""
@@ -122,6 +122,16 @@ SELECT (SELECT count(*) FROM work), pg_notify('{WORK_CHANNEL}', '')
 _WAKE_IDLE_BACKGROUND = """
 UPDATE bot_work SET requested = true, background = true, hint = $2::jsonb, touched = now()
 WHERE key = $1 AND owner IS NULL AND NOT requested AND wake_at IS NULL
+"""
+
+_LATER = f"""
+WITH timer AS (
+    INSERT INTO bot_work (key, hint, wake_at)
+    VALUES ($1, $2::jsonb, clock_timestamp() + make_interval(secs => $3::float8))
+    ON CONFLICT (key) DO UPDATE SET
+        wake_at = excluded.wake_at, hint = coalesce(bot_work.hint, excluded.hint), touched = now()
+)
+SELECT pg_notify('{WORK_CHANNEL}', '')
 """
 
 _CLAIM = """
@@ -168,6 +178,7 @@ UPDATE bot_work SET
     running_hint = NULL,
     touched = now()
 WHERE key = $1 AND claim = $3
+RETURNING requested OR wake_at IS NOT NULL
 """
 
 # Claims of this replica given back (a graceful stop) or of anyone whose lease ran out.
@@ -241,7 +252,10 @@ class PgQueue(Generic[K]):
         self._accepting = False
         self._tasks: list[asyncio.Task[None]] = []
         self._wakes: list[asyncio.Event] = []
-        self._notified = asyncio.Event()
+        # Workers waiting for work. One is woken per notification (a local delivery, LISTEN):
+        # waking them all would send one empty claim per idle worker.
+        self._idle: list[asyncio.Event] = []
+        self._look = asyncio.Event()  # the dispatcher should look at the table (due times)
         self._claims: dict[str, int] = {}  # running here: key text -> claim
         self._inner: set[asyncio.Task[Any]] = set()  # submits made from a handler or a timer
         self._submit_order = asyncio.Lock()  # `submit`s reach the table in the order made
@@ -272,13 +286,13 @@ class PgQueue(Generic[K]):
             self.db.failed(exc, "enqueue")
             return self._hold(digest, rows)
         self.db.ok()
-        self._wake_all()
+        self._wake_one()
         return "queued" if queued else "duplicate"
 
     async def _insert(self, digest: bytes | None, rows: list[tuple[str, str]]) -> int:
         keys = [key for key, _ in rows]
         hints = [hint for _, hint in rows]
-        record = await self.db.fetchrow(_ENQUEUE, digest, keys, hints)
+        record = await self.db.fetchrow(_ENQUEUE, digest, keys, hints, self.owner)
         return int(record["queued"]) if record is not None else 0
 
     def _hold(self, digest: bytes | None, rows: list[tuple[str, str]]) -> Accepted:
@@ -305,7 +319,7 @@ class PgQueue(Generic[K]):
             delay = 0.2
             if not self._held:
                 log.info("held_deliveries_queued")
-        self._wake_all()
+            self._wake_one()
 
     def submit(self, key: K, hint: Any = None) -> bool:
         """Ask for `key` from inside the service (a branch's MRs, a version learnt): queued in
@@ -328,15 +342,15 @@ class PgQueue(Generic[K]):
         row = await self.db.fetchrow(_ENQUEUE_BACKGROUND, text, hint_text)
         if row is not None and not row[0]:
             await self.db.execute(_WAKE_IDLE_BACKGROUND, text, hint_text)
-        self._wake_all()
+        self._wake_one()
         return True
 
     def submit_later(self, key: K, delay: float, hint: Any = None) -> None:
-        """Evaluate `key` again after `delay` seconds (a timer row, kept across replicas)."""
+        """Evaluate `key` again after `delay` seconds: a timer in the row, so it survives this
+        replica (a worker's own timers come from `_FINISH`)."""
 
         async def later() -> None:
-            await asyncio.sleep(delay)
-            await self.enqueue([(key, hint)])
+            await self.db.execute(_LATER, self.codec.key(key), self.codec.hint(hint), delay)
 
         if self._accepting:
             self._spawn(later())
@@ -416,7 +430,8 @@ class PgQueue(Generic[K]):
 
     def start(self) -> None:
         self._accepting = True
-        self.db.on_notify(lambda payload: self._notified.set())
+        # Its own notifications are not news: the replica woke a worker when it enqueued.
+        self.db.on_notify(lambda payload: None if payload == self.owner else self._wake_one())
         self._wakes = [asyncio.Event() for _ in range(self._workers)]
         self._tasks = [
             asyncio.create_task(self._worker(wake), name=f"evaluation-worker-{n}")
@@ -425,10 +440,15 @@ class PgQueue(Generic[K]):
         self._tasks.append(asyncio.create_task(self._dispatch(), name="work-dispatch"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="work-heartbeat"))
 
-    def _wake_all(self) -> None:
-        for wake in self._wakes:
-            wake.set()
-        self._notified.set()
+    def _wake_one(self) -> None:
+        """Work may have arrived: one idle worker tries a claim (busy ones claim again as they
+        finish)."""
+        while self._idle:
+            wake = self._idle.pop()
+            if not wake.is_set():
+                wake.set()
+                return
+        self._look.set()
 
     async def stop(self, deadline: float = 10.0) -> int:
         """Stop claiming; let running evaluations finish up to `deadline`; give the rest back to
@@ -467,6 +487,7 @@ class PgQueue(Generic[K]):
 
     async def _worker(self, wake: asyncio.Event) -> None:
         delay = 0.1
+        woken = False  # by a notification, rather than looking again after a run
         while self._accepting:
             wake.clear()
             try:
@@ -479,8 +500,13 @@ class PgQueue(Generic[K]):
             delay = 0.1
             self.db.ok()
             if item is None:
+                if woken:  # asked for but not ready: cooling; the dispatcher times its turn
+                    self._look.set()
+                self._idle.append(wake)
                 await wake.wait()
+                woken = True
                 continue
+            woken = False
             await self._run(str(item["key"]), item["hint"], int(item["claim"]))
 
     async def _run(self, text: str, hint_text: str | None, claim: int) -> None:
@@ -498,23 +524,23 @@ class PgQueue(Generic[K]):
         # What the evaluation queued (a branch's MRs) is committed before its key is finished.
         if self._inner:
             await asyncio.gather(*list(self._inner), return_exceptions=True)
-        await self._finish(text, claim, delay)
+        if await self._finish(text, claim, delay):
+            self._look.set()  # asked for again meanwhile, or a timer: the dispatcher times it
         self._claims.pop(text, None)
-        self._notified.set()
 
-    async def _finish(self, text: str, claim: int, delay: float | None) -> None:
+    async def _finish(self, text: str, claim: int, delay: float | None) -> bool:
         """Give the key back with what comes next; retried while PostgreSQL is away (the lease
         may run out meanwhile: then another replica has already put it back in line)."""
         wait = 0.1
         while True:
             try:
-                await self.db.execute(_FINISH, text, delay, claim)
+                pending = await self.db.fetchval(_FINISH, text, delay, claim)
                 self.db.ok()
-                return
+                return bool(pending)
             except DB_ERRORS as exc:
                 self.db.failed(exc, "finish")
                 if not self._accepting:
-                    return
+                    return False
                 await asyncio.sleep(wait)
                 wait = min(2.0, wait * 2)
 
@@ -529,14 +555,15 @@ class PgQueue(Generic[K]):
                 )
 
     async def _dispatch(self) -> None:
-        """Wake the workers when work may be ready: on a notification, when the next cooling key
-        or timer comes due, and every POLL; take over the keys of expired leases."""
+        """Wake a worker when a cooling key or a timer comes due (asked by a worker that found
+        nothing ready, or by a finish that left work behind), and every POLL; take over the
+        keys of expired leases."""
         last_reap = last_clean = 0.0
         wait = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._notified.wait(), timeout=wait)
-            self._notified.clear()
+                await asyncio.wait_for(self._look.wait(), timeout=wait)
+            self._look.clear()
             now = time.monotonic()
             try:
                 if now - last_reap >= REAP_EVERY:
@@ -560,9 +587,8 @@ class PgQueue(Generic[K]):
             next_in = look.get("next_in")
             wait = POLL if next_in is None else max(0.0, min(POLL, float(next_in)))
             if next_in is not None and float(next_in) <= 0.0:
-                if len(self._claims) < self._workers:
-                    for wake in self._wakes:
-                        wake.set()
+                if self._idle:
+                    self._wake_one()
                     wait = 0.05
-                else:  # every worker is busy: the next one to finish looks again
+                else:  # every worker is busy: each claims again as it finishes
                     wait = POLL

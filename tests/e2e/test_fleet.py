@@ -214,7 +214,7 @@ async def test_a_rolling_deploy_under_steady_deliveries_fails_none_and_ends_corr
             while old.name in ready:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             live.remove(old)
-            assert await stopping == 0
+            assert await stopping == 0, old.log.read_text()[-3000:]
             await asyncio.sleep(0.5)
         stop.set()
         await asyncio.gather(*tasks)
@@ -224,4 +224,4 @@ async def test_a_rolling_deploy_under_steady_deliveries_fails_none_and_ends_corr
     for iid in range(1, 9):
         title = gitlab.mr(1, iid)["title"]
         expected = "failed" if title == "wip" else "passed"
-        assert gitlab.check_status(1, iid, "conventional-title") == expected, iid
+        assert gitlab.check_status(1, iid, "conventional-title") == expected, (iid, title)
