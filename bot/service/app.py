@@ -57,6 +57,7 @@ DRAINING = web.AppKey("draining", list)
 METRICS = web.AppKey("metrics", Metrics)
 STICKY = web.AppKey("sticky", StickyNotes)
 
+STOP_WAIT = 3.0  # seconds a cancelled background task gets to end at shutdown
 READY_PROBE_AGE = 30.0  # /readyz causes at most one GitLab call per this many seconds
 READY_PROBE_WAIT = 3.0  # seconds /readyz waits for that call
 
@@ -326,8 +327,10 @@ async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(sweeper.run_forever(settings.reconcile_interval), name="sweep")
     yield
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Bounded: a cancelled asyncpg connect (the leader's) must not hold up the stop.
+    done, _ = await asyncio.wait({task}, timeout=STOP_WAIT)
+    if not done:
+        log.warning("sweep_did_not_stop", waited=STOP_WAIT)
 
 
 async def _policy_watch_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -143,8 +143,8 @@ class Database:
     async def close(self) -> None:
         if self._listen_task is not None:
             self._listen_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listen_task
+            # Bounded: a cancelled asyncpg connect must not hold up the stop.
+            await asyncio.wait({self._listen_task}, timeout=3)
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.close(), 2)
