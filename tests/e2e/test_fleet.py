@@ -225,3 +225,53 @@ async def test_a_rolling_deploy_under_steady_deliveries_fails_none_and_ends_corr
         title = gitlab.mr(1, iid)["title"]
         expected = "failed" if title == "wip" else "passed"
         assert gitlab.check_status(1, iid, "conventional-title") == expected, (iid, title)
+
+
+async def test_a_postgres_restart_under_deliveries_crashes_nothing_and_loses_no_verdict(
+    gitlab: FakeGitLab, fleet: Fleet, database_url: str, pg_cluster: Any
+) -> None:
+    """Two replicas; PostgreSQL restarts while deliveries keep coming (each answered 202, the
+    ones during the restart `held`). Both replicas live on, /readyz named the outage while it
+    lasted, and every MR ends with the verdict of its last title."""
+    for iid in range(1, 7):
+        seed_mr(gitlab, CHECKS, iid=iid, title="wip", sha=SHA)
+    replicas = list(await asyncio.gather(*(fleet.start() for _ in range(2))))
+    statuses: list[int] = []
+    held = 0
+    saw_outage = False
+    async with aiohttp.ClientSession() as session:
+
+        async def send(n: int) -> None:
+            nonlocal held
+            iid = n % 6 + 1
+            if n >= 30:
+                gitlab.update_mr(1, iid, title="feat: ready")
+            status, body = await deliver(
+                session, replicas[n % 2], merge_request_hook(iid=iid, sha=SHA), f"restart-{n}"
+            )
+            statuses.append(status)
+            held += bool(body.get("held"))
+
+        for n in range(10):
+            await send(n)
+            await asyncio.sleep(0.02)
+        restart = asyncio.create_task(asyncio.to_thread(pg_cluster.restart))
+        for n in range(10, 36):
+            await send(n)
+            if not saw_outage:
+                async with session.get(f"{replicas[n % 2].url}/readyz") as resp:
+                    ready = await resp.json()
+                saw_outage = any("PostgreSQL" in w for w in ready.get("warnings", []))
+            await asyncio.sleep(0.05)
+        await restart
+        for n in range(36, 42):  # after the restart: every MR once more
+            await send(n)
+    await idle(database_url, limit=30)
+    for iid in range(1, 7):
+        deadline = time.monotonic() + 15
+        while gitlab.check_status(1, iid, "conventional-title") != "passed":
+            assert time.monotonic() < deadline, f"!{iid} lost its verdict"
+            await asyncio.sleep(0.05)
+    assert statuses == [202] * 42
+    assert all(r.proc.returncode is None for r in replicas), "a replica died"
+    assert held and saw_outage, "the restart was never noticed: the test did not test it"
