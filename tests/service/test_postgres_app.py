@@ -123,3 +123,26 @@ async def test_a_postgres_outage_holds_deliveries_and_says_why(
     await eventually(lambda: bot.app[DATABASE].problem() is None, 10)
     history = await bot.app[RECORD].history(1, mr)
     assert {row["check"] for row in history} >= {"conventional-title"}
+
+
+async def test_a_sweep_cut_short_by_its_leaders_death_is_run_again_at_once(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """The leader stops mid-sweep (GitLab's MR list is slow); the standby sweeps within a few
+    seconds, not a whole RECONCILE_INTERVAL (60 s) later."""
+    _seed(gitlab)
+    gitlab.delay(2.0, times=1, path_contains="/projects/acme%2Fapp/merge_requests")
+    bots = [
+        await start_bot(database_url=database_url, reconcile_interval=60.0, projects=("acme/app",))
+        for _ in range(2)
+    ]
+    leaders = [bot.app[LEADER] for bot in bots]
+    await eventually(lambda: any(leader.leading for leader in leaders), 5)
+    leader = next(n for n, one in enumerate(leaders) if one.leading)
+    standby = 1 - leader
+    await asyncio.sleep(0.5)  # mid-sweep: the list takes 2 s
+    assert leaders[leader].sweeps == 0
+    await bots[leader].stop()
+    stopped = asyncio.get_running_loop().time()
+    await eventually(lambda: leaders[standby].sweeps >= 1, 10)
+    assert asyncio.get_running_loop().time() - stopped < 5
