@@ -146,3 +146,27 @@ async def test_a_sweep_cut_short_by_its_leaders_death_is_run_again_at_once(
     stopped = asyncio.get_running_loop().time()
     await eventually(lambda: leaders[standby].sweeps >= 1, 10)
     assert asyncio.get_running_loop().time() - stopped < 5
+
+
+async def test_a_delivery_is_answered_only_once_its_key_is_committed(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """While another session holds the work table locked, the delivery's commit cannot happen,
+    so neither may its 202; the answer comes once the lock goes, with the key in the table."""
+    mr = _seed(gitlab)
+    bot = await start_bot(database_url=database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("LOCK TABLE bot_work IN EXCLUSIVE MODE")
+        answer = asyncio.create_task(bot.deliver(mr_event(mr), headers={"Idempotency-Key": "c"}))
+        await asyncio.sleep(0.5)
+        assert not answer.done(), "answered before the delivery was committed"
+        await tx.rollback()
+        status, body = await asyncio.wait_for(answer, 5)
+        assert (status, body["status"]) == (202, "queued")
+        assert await conn.fetchval("SELECT count(*) FROM bot_deliveries") == 1
+    finally:
+        await conn.close()
+    await settled(bot)
