@@ -16,7 +16,7 @@ from bot.service.pgrecord import PgRecord
 from tests.builders import running_pipeline, seed_mr
 from tests.conftest import Bot, eventually
 from tests.fakegitlab import FakeGitLab
-from tests.payloads import merge_request_hook
+from tests.payloads import merge_request_hook, pipeline_hook
 
 SHA = "1" * 40
 CHECKS = ("conventional-title", "pipeline-green")
@@ -170,3 +170,17 @@ async def test_a_delivery_is_answered_only_once_its_key_is_committed(
     finally:
         await conn.close()
     await settled(bot)
+
+
+async def test_a_branch_pipeline_reaches_its_mr_through_the_shared_queue(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """A branch key is resolved to its MRs, which are queued in PostgreSQL before the branch's
+    row is finished, and judged."""
+    mr = _seed(gitlab)
+    gitlab.set_pipeline(1, mr, "success")
+    bot = await start_bot(database_url=database_url)
+    hook = pipeline_hook(iid=None, ref="feature", status="success")
+    status, body = await bot.deliver(hook, event="Pipeline Hook")
+    assert (status, body["queued"]) == (202, ["1:feature"])
+    await eventually(lambda: gitlab.check_status(1, mr, "pipeline-green") == "passed", 10)
