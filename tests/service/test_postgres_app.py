@@ -14,7 +14,7 @@ from bot.service.details import LINK_KEY
 from bot.service.pgqueue import PgQueue
 from bot.service.pgrecord import PgRecord
 from tests.builders import running_pipeline, seed_mr
-from tests.conftest import Bot, eventually
+from tests.conftest import Bot, eventually, get, link
 from tests.fakegitlab import FakeGitLab
 from tests.payloads import merge_request_hook, pipeline_hook
 
@@ -184,3 +184,19 @@ async def test_a_branch_pipeline_reaches_its_mr_through_the_shared_queue(
     status, body = await bot.deliver(hook, event="Pipeline Hook")
     assert (status, body["queued"]) == (202, ["1:feature"])
     await eventually(lambda: gitlab.check_status(1, mr, "pipeline-green") == "passed", 10)
+
+
+async def test_a_details_link_from_one_replica_opens_on_another_with_the_shared_record(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    mr = _seed(gitlab)
+    first = await start_bot(database_url=database_url)
+    second = await start_bot(database_url=database_url)
+    assert (await first.deliver(mr_event(mr)))[0] == 202
+    await settled(first)
+    signed = link(first, 1, mr, json=True).replace(first.url, second.url)
+    status, view, _ = await get(second, signed)
+    assert status == 200, view
+    checks = {c["check"]: c for c in view["checks"]}
+    assert checks["conventional-title"]["verdict"]["verdict"] == "passed"
+    assert sorted(h["check"] for h in view["history"]) == list(CHECKS)
