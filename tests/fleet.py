@@ -73,8 +73,17 @@ class Fleet:
             **{**self.settings, **settings},
         )
         with log.open("wb") as out:
+            # Niced: the other pytest worker may be timing its event loop (loop-stall tests);
+            # a fleet of bots must not starve it of the machine's two cores.
             proc = await asyncio.create_subprocess_exec(
-                *bot_cmd("serve"), cwd=REPO, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+                "nice",
+                "-n",
+                "10",
+                *bot_cmd("serve"),
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
             )
         replica = Replica(name, port, proc, log)
         self.replicas.append(replica)
