@@ -76,6 +76,7 @@ class Database:
         self.statements = 0  # statements sent (each a round trip, `executemany` counts one)
         self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
+        self._closing = False
         self._on_notify: list[Callable[[str], None]] = []
         self.on_change: Callable[[bool], None] | None = None  # metrics: up (True) or down
 
@@ -141,6 +142,7 @@ class Database:
                 await asyncio.wait_for(pool.close(), 5)
 
     async def close(self) -> None:
+        self._closing = True  # the listener ends by itself too (see PgQueue._dispatch)
         if self._listen_task is not None:
             self._listen_task.cancel()
             # Bounded: a cancelled asyncpg connect must not hold up the stop.
@@ -234,14 +236,14 @@ class Database:
         """Keep one connection LISTENing; reconnect after a restart (the queue polls meanwhile,
         and wakes once, in case a notification was missed)."""
         delay = 0.5
-        while True:
+        while not self._closing:
             try:
                 conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
                 self._listener = conn
                 await conn.add_listener(WORK_CHANNEL, self._notified)
                 delay = 0.5
                 self._notified(conn, 0, WORK_CHANNEL, "")
-                while not conn.is_closed():
+                while not conn.is_closed() and not self._closing:
                     await asyncio.sleep(2.0)
                     with contextlib.suppress(*DB_ERRORS):
                         await asyncio.wait_for(conn.execute("SELECT 1"), 5)

@@ -456,6 +456,7 @@ class PgQueue(Generic[K]):
         self._accepting = False
         for wake in self._wakes:
             wake.set()
+        self._look.set()
         workers = self._tasks[: self._workers]
         helpers = self._tasks[self._workers :]
         for task in helpers:
@@ -465,7 +466,9 @@ class PgQueue(Generic[K]):
         abandoned = len(self._claims)
         for task in workers:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a task that lost its cancellation must not hold up the stop.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=3)
         self._tasks = []
         for task in list(self._inner):
             task.cancel()
@@ -545,7 +548,7 @@ class PgQueue(Generic[K]):
                 wait = min(2.0, wait * 2)
 
     async def _heartbeat(self) -> None:
-        while True:
+        while self._accepting:
             await asyncio.sleep(min(HEARTBEAT, self.lease / 4))
             if not self._claims:
                 continue
@@ -560,10 +563,15 @@ class PgQueue(Generic[K]):
         keys of expired leases."""
         last_reap = last_clean = 0.0
         wait = 0.0
-        while True:
+        # Ends on `_accepting`, not only on cancellation: Python 3.11's wait_for can swallow a
+        # cancellation that lands as its wait ends, which once left a stopping replica hanging.
+        while self._accepting:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._look.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._look.wait()
             self._look.clear()
+            if not self._accepting:
+                return
             now = time.monotonic()
             try:
                 if now - last_reap >= REAP_EVERY:

@@ -275,3 +275,36 @@ async def test_a_postgres_restart_under_deliveries_crashes_nothing_and_loses_no_
     assert statuses == [202] * 42
     assert all(r.proc.returncode is None for r in replicas), "a replica died"
     assert held and saw_outage, "the restart was never noticed: the test did not test it"
+
+
+async def test_replicas_stopped_under_traffic_exit_promptly(
+    gitlab: FakeGitLab, fleet: Fleet
+) -> None:
+    """SIGTERM while deliveries stream in, four times over: each replica drains and exits within
+    a few seconds. (A cancellation lost in the queue's dispatcher once left a stopping replica
+    running for good; this caught it within two rounds.)"""
+    for iid in range(1, 9):
+        seed_mr(gitlab, CHECKS, iid=iid, title="feat: x", sha=SHA)
+    fleet.settings = {"DRAIN_DELAY": 0.3}
+    async with aiohttp.ClientSession() as session:
+        for round_ in range(4):
+            replicas = list(await asyncio.gather(fleet.start(), fleet.start()))
+            stop = asyncio.Event()
+
+            async def traffic(
+                replicas: list[Replica] = replicas, round_: int = round_, stop: Any = stop
+            ) -> None:
+                n = 0
+                while not stop.is_set():
+                    with contextlib.suppress(aiohttp.ClientError):
+                        hook = merge_request_hook(iid=n % 8 + 1, sha=SHA)
+                        await deliver(session, replicas[n % 2], hook, f"t{round_}-{n}")
+                    n += 1
+                    await asyncio.sleep(0.005)
+
+            task = asyncio.create_task(traffic())
+            await asyncio.sleep(0.3 + 0.2 * round_)
+            codes = await asyncio.gather(*(fleet.stop(r, limit=10) for r in replicas))
+            stop.set()
+            await task
+            assert codes == [0, 0]
