@@ -73,7 +73,6 @@ class Database:
         self.pool: asyncpg.Pool | None = None
         self.down_since: float | None = None
         self.last_error: str | None = None
-        self.statements = 0  # statements sent (each a round trip, `executemany` counts one)
         self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -199,28 +198,16 @@ class Database:
         return self.pool
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        self.statements += 1
         return list(await self._pool().fetch(sql, *args))
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
-        self.statements += 1
         return await self._pool().fetchrow(sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        self.statements += 1
         return await self._pool().fetchval(sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> str:
-        self.statements += 1
         return str(await self._pool().execute(sql, *args))
-
-    async def transaction(self, work: Callable[[asyncpg.Connection], Any]) -> Any:
-        """Run `await work(conn)` in one transaction (BEGIN and COMMIT count as statements)."""
-        async with self._pool().acquire() as conn:
-            counted = _Counted(conn, self)
-            self.statements += 2
-            async with conn.transaction():
-                return await work(counted)
 
     # -- notifications -----------------------------------------------------------------------
 
@@ -258,27 +245,3 @@ class Database:
             self._listener = None
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
-
-
-class _Counted:
-    """A connection whose statements are counted (inside Database.transaction)."""
-
-    def __init__(self, conn: asyncpg.Connection, db: Database) -> None:
-        self._conn = conn
-        self._db = db
-
-    async def execute(self, sql: str, *args: Any) -> str:
-        self._db.statements += 1
-        return str(await self._conn.execute(sql, *args))
-
-    async def executemany(self, sql: str, args: Any) -> None:
-        self._db.statements += 1
-        await self._conn.executemany(sql, args)
-
-    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        self._db.statements += 1
-        return list(await self._conn.fetch(sql, *args))
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        self._db.statements += 1
-        return await self._conn.fetchval(sql, *args)
