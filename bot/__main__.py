@@ -7,9 +7,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bot.cli import base, explain, history, link, policy_tests, register, serve, validate
+from bot.cli import (
+    base,
+    explain,
+    history,
+    link,
+    migrate,
+    policy_tests,
+    register,
+    serve,
+    validate,
+)
 
-COMMANDS = (serve, validate, policy_tests, explain, register, history, link)
+COMMANDS = (serve, validate, policy_tests, explain, register, history, link, migrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

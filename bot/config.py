@@ -46,12 +46,18 @@ class Settings:
     evaluation_spacing: float = 0.5
     record_retention_days: float = 90.0
     approval_settle_seconds: float = 30.0
+    # PostgreSQL for a fleet (docs/queue.md); None: the embedded SQLite in STATE_DIR, one process.
+    database_url: str | None = None
+    # Seconds between SIGTERM and closing the listener, during which /readyz says "draining"
+    # (503) while deliveries are still served: a load balancer stops sending first.
+    drain_delay: float = 0.0
 
     def __repr__(self) -> str:
         # Never let a token reach a log line or a traceback through repr().
         return (
             f"Settings(gitlab_url={self.gitlab_url!r}, policy_dir={str(self.policy_dir)!r}, "
-            f"host={self.host!r}, port={self.port}, workers={self.workers})"
+            f"host={self.host!r}, port={self.port}, workers={self.workers}, "
+            f"database={'postgresql' if self.database_url else 'sqlite'})"
         )
 
 
@@ -88,6 +94,11 @@ def _masked(url: str) -> str:
     if "@" in authority:
         authority = "***@" + authority.rpartition("@")[2]
     return f"{scheme}{sep}{authority}{slash}{path}"
+
+
+def masked_url(url: str) -> str:
+    """A URL as logs and messages may show it (any user:password@ replaced by `***@`)."""
+    return _masked(url)
 
 
 def _checked_url(name: str, url: str) -> str:
@@ -139,6 +150,35 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     return value
 
 
+def database_password(url: str | None) -> str | None:
+    """The password in DATABASE_URL, if any: logs mask it like the other secrets."""
+    if not url:
+        return None
+    try:
+        return urlparse(url).password or None
+    except ValueError:
+        return None
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    """DATABASE_URL: a postgresql:// (or postgres://) URL, as libpq and asyncpg read it."""
+    url = env.get("DATABASE_URL", "").strip()
+    if not url:
+        return None
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"DATABASE_URL {_masked(url)!r} is not a postgresql:// URL "
+            "(e.g. postgresql://bot:secret@db.example.com:5432/statusbot)"
+        )
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"DATABASE_URL {_masked(url)!r} is not a valid URL: {exc}") from None
+    return url
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "").strip().lower() or default
     if value not in choices:
@@ -184,4 +224,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         record_retention_days=_number(env, "RECORD_RETENTION_DAYS", 90, minimum=1),
         # GitLab deletes approvals 10 s after it records a push; below that is never safe.
         approval_settle_seconds=_number(env, "APPROVAL_SETTLE_SECONDS", 30, minimum=10),
+        database_url=_database_url(env),
+        drain_delay=_number(env, "DRAIN_DELAY", 0, minimum=0),
     )

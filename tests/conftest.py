@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,31 @@ async def get(bot: Bot, url: str) -> tuple[int, Any, dict[str, str]]:
         is_json = resp.content_type == "application/json"
         body = await (resp.json() if is_json else resp.text())
         return resp.status, body, dict(resp.headers)
+
+
+# -- PostgreSQL (DATABASE_URL) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster per pytest worker, with a migrated template database."""
+    from bot.service.schema import migrate_url
+    from tests.postgres import Cluster, require_binaries
+
+    cluster = Cluster(require_binaries())
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.psql("CREATE DATABASE bot_template")
+        # In a thread: the first test to ask may be running an event loop already.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, migrate_url(cluster.url("bot_template"))).result()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def database_url(pg_cluster: Any) -> str:
+    """A fresh, migrated database of the session's cluster."""
+    return str(pg_cluster.new_database())

@@ -191,7 +191,7 @@ def test_the_kubernetes_set_is_complete() -> None:
         "Service",
         "ConfigMap",
         "Secret",
-        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
     } <= kinds
 
 
@@ -252,8 +252,6 @@ def test_every_variable_set_is_a_setting_the_bot_reads() -> None:
 def test_kubernetes_objects_reference_each_other() -> None:
     spec = pod_spec()
     deployment = k8s("Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     service = k8s("Service")
     assert service["spec"]["selector"].items() <= labels.items()
@@ -266,13 +264,36 @@ def test_kubernetes_objects_reference_each_other() -> None:
         if ref:
             assert ref["name"] == secret["metadata"]["name"]
             assert ref["key"] in secret_keys
-    assert {"GITLAB_TOKEN", "WEBHOOK_SECRET", "STATUS_CHECK_SECRET"} <= secret_keys
+    assert {"GITLAB_TOKEN", "WEBHOOK_SECRET", "STATUS_CHECK_SECRET", "DATABASE_URL"} <= secret_keys
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in bot_container()["volumeMounts"]}
     policies = volumes[mounts[container_env_value("POLICY_DIR")]]
     k8s("ConfigMap", policies["configMap"]["name"])
     state = volumes[mounts[container_env_value("STATE_DIR")]]
-    k8s("PersistentVolumeClaim", state["persistentVolumeClaim"]["claimName"])
+    assert "emptyDir" in state  # every replica's state is in PostgreSQL (DATABASE_URL)
+    budget = k8s("PodDisruptionBudget")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_deployment_rolls_without_downtime() -> None:
+    """README "Running more than one": at least 2 replicas, RollingUpdate that never drops
+    below them, a PodDisruptionBudget, DATABASE_URL from the Secret, and readiness that turns
+    off (one failed probe) well before the pod stops serving (DRAIN_DELAY), all inside the
+    termination grace period."""
+    deployment = k8s("Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert k8s("PodDisruptionBudget")["spec"]["minAvailable"] >= 1
+    [database] = [e for e in bot_container()["env"] if e["name"] == "DATABASE_URL"]
+    assert database["valueFrom"]["secretKeyRef"]["key"] == "DATABASE_URL"
+    readiness = bot_container()["readinessProbe"]
+    noticed = readiness["periodSeconds"] * readiness["failureThreshold"]
+    drain = float(container_env_value("DRAIN_DELAY") or 0)
+    assert drain > noticed
+    grace = pod_spec()["terminationGracePeriodSeconds"]
+    assert grace >= drain + Settings.shutdown_deadline
 
 
 def test_the_pod_runs_unprivileged_with_limits() -> None:
@@ -298,6 +319,9 @@ def test_the_policies_configmap_matches_policies_folder() -> None:
 def test_compose_runs_the_bot_beside_gitlab_ee() -> None:
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     assert services["gitlab"]["image"].startswith("gitlab/gitlab-ee:")
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert compose_env()["DATABASE_URL"].startswith("postgresql://")
+    assert "@postgres:5432/" in compose_env()["DATABASE_URL"]
     bot = services["bot"]
     build = bot["build"]
     assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE

@@ -57,7 +57,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(str(exc))
     try:
-        rows = asyncio.run(read_history(settings.state_dir, project, iid, args.limit))
+        if settings.database_url:  # the fleet's record (README "Running more than one")
+            from bot.service.pgrecord import read_history_pg
+
+            rows = asyncio.run(read_history_pg(settings.database_url, project, iid, args.limit))
+        else:
+            rows = asyncio.run(read_history(settings.state_dir, project, iid, args.limit))
     except StateError as exc:
         return fail(str(exc), 1)
     if not rows:

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from bot.logs import get_logger
     from bot.policy.model import PolicyLoadError
     from bot.service.app import create_app
+    from bot.service.database import DatabaseError
     from bot.service.policy_store import PolicyStore
     from bot.service.record import StateError
 
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             shutdown_timeout=settings.shutdown_deadline,
         )
     except StateError as exc:  # STATE_DIR unusable: found while starting, before any traffic
+        return fail(str(exc), 1)
+    except DatabaseError as exc:  # DATABASE_URL unusable, said in one line before any traffic
         return fail(str(exc), 1)
     finally:
         for sock in sockets:

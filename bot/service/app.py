@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
@@ -23,11 +24,15 @@ from bot.gitlab.snapshot import FactReader, SnapshotReader
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
 from bot.policy.evaluate import needs_of
+from bot.service.database import Database
 from bot.service.decide import Decision, Evaluator
 from bot.service.details import LINK_KEY, Sources, links_ctx
 from bot.service.details import add_routes as add_details_routes
 from bot.service.intake import OffLoopInterpreter, make_webhook_handler, webhook_method_not_allowed
+from bot.service.leader import SweepLeader
 from bot.service.metrics import Metrics
+from bot.service.pgqueue import PgQueue, WorkCodec
+from bot.service.pgrecord import PgRecord, link_key
 from bot.service.policy_store import PolicyStore
 from bot.service.queue import CoalescingQueue
 from bot.service.record import DecisionRecord
@@ -40,14 +45,19 @@ log = get_logger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 POLICIES = web.AppKey("policies", PolicyStore)
 GITLAB = web.AppKey("gitlab", GitLab)
-QUEUE = web.AppKey("queue", CoalescingQueue)
+QUEUE: web.AppKey[CoalescingQueue[Any] | PgQueue[Any]] = web.AppKey("queue")
 EVALUATOR = web.AppKey("evaluator", Evaluator)
 VERSION_RETRY = web.AppKey("version_retry", asyncio.Task)
 SWEEPER = web.AppKey("sweeper", Sweeper)
-RECORD = web.AppKey("record", DecisionRecord)
+RECORD: web.AppKey[DecisionRecord | PgRecord] = web.AppKey("record")
+DATABASE = web.AppKey("database", Database)
+LEADER = web.AppKey("leader", SweepLeader)
+# Set on SIGTERM: /readyz says "draining" for DRAIN_DELAY seconds before the listener closes.
+DRAINING = web.AppKey("draining", list)
 METRICS = web.AppKey("metrics", Metrics)
 STICKY = web.AppKey("sticky", StickyNotes)
 
+STOP_WAIT = 3.0  # seconds a cancelled background task gets to end at shutdown
 READY_PROBE_AGE = 30.0  # /readyz causes at most one GitLab call per this many seconds
 READY_PROBE_WAIT = 3.0  # seconds /readyz waits for that call
 
@@ -177,10 +187,34 @@ async def _retry_version(app: web.Application, gitlab: GitLab) -> None:
         evaluator.release_deferred()
 
 
-async def _record_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The decision record in STATE_DIR, open before the workers start and closed (flushed)
-    after they stop. A bad STATE_DIR raises StateError here, before any traffic is accepted."""
+async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
+    """PostgreSQL (DATABASE_URL), connected and migrated before anything uses it; raises
+    DatabaseError (one line) if it cannot be used. Without DATABASE_URL: nothing."""
     settings = app[SETTINGS]
+    if settings.database_url is None:
+        yield
+        return
+    db = Database(settings.database_url, pool_size=settings.workers + 6)
+    await db.open()
+    app[DATABASE] = db
+    yield
+    await db.close()
+
+
+async def _record_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The decision record in STATE_DIR (or PostgreSQL), open before the workers start and closed
+    (flushed) after they stop. A bad STATE_DIR raises StateError here, before any traffic is
+    accepted."""
+    settings = app[SETTINGS]
+    db = app.get(DATABASE)
+    if db is not None:
+        pg = PgRecord(db, retention_days=settings.record_retention_days)
+        await pg.start()
+        app[RECORD] = pg
+        app[METRICS].watch_record(pg)
+        yield
+        await pg.close()
+        return
     record = await asyncio.to_thread(
         DecisionRecord.open, settings.state_dir, retention_days=settings.record_retention_days
     )
@@ -193,11 +227,21 @@ async def _record_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = app[POLICIES]
-    queue: CoalescingQueue[MRKey | BranchKey] = CoalescingQueue(
-        app[METRICS].timed(lambda key, hint: evaluator(key, hint)),
-        workers=settings.workers,
-        min_interval=settings.evaluation_spacing,
-    )
+    handler = app[METRICS].timed(lambda key, hint: evaluator(key, hint))
+    db = app.get(DATABASE)
+    queue: CoalescingQueue[MRKey | BranchKey] | PgQueue[MRKey | BranchKey]
+    if db is not None:
+        queue = PgQueue(
+            handler,
+            db,
+            workers=settings.workers,
+            min_interval=settings.evaluation_spacing,
+            codec=WorkCodec(),
+        )
+    else:
+        queue = CoalescingQueue(
+            handler, workers=settings.workers, min_interval=settings.evaluation_spacing
+        )
     record = app[RECORD]
     evaluator = Evaluator(
         app[GITLAB],
@@ -222,7 +266,9 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _observe(
-    app: web.Application, queue: CoalescingQueue[MRKey | BranchKey], evaluator: Evaluator
+    app: web.Application,
+    queue: CoalescingQueue[MRKey | BranchKey] | PgQueue[MRKey | BranchKey],
+    evaluator: Evaluator,
 ) -> None:
     """Metrics read the queue and count verdicts; the sticky MR note follows each evaluation."""
     settings = app[SETTINGS]
@@ -273,11 +319,18 @@ async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
             sweeper.count_repair(tampered=decision.tampered)
 
     app[EVALUATOR].listeners.append(count_repairs)
-    task = asyncio.create_task(sweeper.run_forever(settings.reconcile_interval), name="sweep")
+    db = app.get(DATABASE)
+    if db is not None:  # one sweep per interval for the fleet: its leader's
+        app[LEADER] = leader = SweepLeader(db, sweeper, settings.reconcile_interval)
+        task = asyncio.create_task(leader.run_forever(), name="sweep-leader")
+    else:
+        task = asyncio.create_task(sweeper.run_forever(settings.reconcile_interval), name="sweep")
     yield
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Bounded: a cancelled asyncpg connect (the leader's) must not hold up the stop.
+    done, _ = await asyncio.wait({task}, timeout=STOP_WAIT)
+    if not done:
+        log.warning("sweep_did_not_stop", waited=STOP_WAIT)
 
 
 async def _policy_watch_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -298,6 +351,46 @@ async def _policy_watch_ctx(app: web.Application) -> AsyncIterator[None]:
         await watcher
 
 
+async def _shared_links_ctx(app: web.Application) -> AsyncIterator[None]:
+    """DATABASE_URL: one link key for the fleet (LINK_SECRET, else the first replica's, kept in
+    PostgreSQL), so a link any replica signed opens on every other."""
+    settings = app[SETTINGS]
+    if settings.link_secret:
+        app[LINK_KEY] = settings.link_secret.encode()
+    else:
+        app[LINK_KEY] = await link_key(app[DATABASE], lambda: secrets.token_bytes(32))
+    yield
+
+
+async def _drain_ctx(app: web.Application) -> AsyncIterator[None]:
+    """On SIGTERM, say "not ready" for DRAIN_DELAY seconds while still serving, so the load
+    balancer stops sending before the listener closes (README "Running more than one")."""
+    settings = app[SETTINGS]
+    app[DRAINING] = []
+    loop = asyncio.get_running_loop()
+    installed = False
+    if settings.handle_signals and settings.drain_delay > 0:
+
+        def drain() -> None:
+            if app[DRAINING]:
+                return
+            app[DRAINING].append(True)
+            log.info("draining", seconds=settings.drain_delay)
+            loop.call_later(settings.drain_delay, _graceful_exit)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, drain)
+            installed = True
+    yield
+    if installed:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _graceful_exit() -> None:
+    """What aiohttp's own SIGTERM handler does: stop web.run_app gracefully."""
+    raise web.GracefulExit()
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -308,6 +401,8 @@ async def readyz(request: web.Request) -> web.Response:
     gitlab = request.app.get(GITLAB)
     readiness = request.app.get(READINESS)
     problems = []
+    if request.app.get(DRAINING):
+        problems.append("draining: this instance is stopping (SIGTERM)")
     if not store.loaded:
         problems.append("policies are not loaded")
     if gitlab is None or readiness is None:
@@ -335,6 +430,16 @@ async def readyz(request: web.Request) -> web.Response:
             "(verdicts are still posted; decisions are not recorded)"
         )
         extra["record"] = {"failing_since": _iso(record.failing_since), "errors": record.errors}
+    db = request.app.get(DATABASE)
+    db_problem = db.problem() if db is not None else None
+    if db_problem is not None:
+        # Degraded too: deliveries are held in memory and queued when it answers, which beats
+        # a 503 (GitLab does not send a webhook again). README "Running more than one".
+        warnings.append(
+            f"{db_problem} (deliveries are held in memory until it answers; no evaluation "
+            "starts meanwhile)"
+        )
+        extra["database"] = {"problem": db_problem}
     status = "not ready" if problems else "degraded" if warnings else "ready"
     body: dict[str, Any] = {"status": status, "policies": len(store.current)}
     if problems:
@@ -380,6 +485,20 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
         queue = app.get(QUEUE)
         return queue.submit(key, hint) if queue is not None else False
 
+    async def accept(
+        delivery_id: str | None, work: list[tuple[MRKey | BranchKey, Hint]]
+    ) -> Literal["queued", "held", "duplicate", "unavailable"]:
+        """DATABASE_URL: commit the delivery to the fleet's queue before answering it."""
+        queue = app.get(QUEUE)
+        if not isinstance(queue, PgQueue):
+            return "unavailable"
+        outcome = await queue.enqueue(work, delivery_id)
+        record = app.get(RECORD)
+        if record is not None and outcome in ("queued", "held"):
+            for key, _ in work:
+                record.remember_delivered(key.project_id)
+        return outcome
+
     interpreter = OffLoopInterpreter()  # large bodies are parsed in a helper process
 
     async def stop_interpreter(app: web.Application) -> None:
@@ -395,6 +514,7 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
             on_delivery=metrics.delivery,
             max_body_bytes=settings.max_body_bytes,
             interpreter=interpreter,
+            accept=accept if settings.database_url else None,
         ),
     )
     app.router.add_route("*", "/webhook", webhook_method_not_allowed)
@@ -409,6 +529,9 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
         ),
     )
     app.router.add_get("/metrics", metrics_endpoint)
-    app.cleanup_ctx.extend([_record_ctx, links_ctx(settings)])  # before everything that records
-    app.cleanup_ctx.extend([_gitlab_ctx, _workers_ctx, _sweep_ctx, _policy_watch_ctx])
+    # The database first (DATABASE_URL), then the record and the link key, before everything
+    # that records.
+    links = _shared_links_ctx if settings.database_url else links_ctx(settings)
+    app.cleanup_ctx.extend([_database_ctx, _record_ctx, links])
+    app.cleanup_ctx.extend([_gitlab_ctx, _workers_ctx, _sweep_ctx, _policy_watch_ctx, _drain_ctx])
     return app

@@ -33,6 +33,7 @@ from bot.policy.facts import MergeRequestFacts
 from bot.policy.model import Outcome, PolicySet
 from bot.policy.predicates.base import plural
 from bot.service.links import load_link_key, signed_link, verify
+from bot.service.pgrecord import PgRecord, read_link_inputs_pg
 from bot.service.record import DecisionRecord, StateError, check_state_dir
 
 log = get_logger(__name__)
@@ -64,7 +65,7 @@ class Sources:
     """Where the page reads from; callables because the app builds them in its contexts."""
 
     gitlab: Callable[[], GitLab | None]
-    record: Callable[[], DecisionRecord | None]
+    record: Callable[[], DecisionRecord | PgRecord | None]
     policies: Callable[[], PolicySet]
 
 
@@ -276,6 +277,25 @@ async def _project_id(state_dir: Path, path: str) -> int:
     )
 
 
+def _mint_fleet_link(settings: Settings, project: int | str, iid: int, ttl: float | None) -> str:
+    """mint_link with DATABASE_URL: the fleet's key and projects are in PostgreSQL."""
+    path = project if isinstance(project, str) else None
+    key, project_id = asyncio.run(read_link_inputs_pg(str(settings.database_url), path))
+    if key is None:
+        raise StateError("no link key in PostgreSQL yet: start `serve` once, or set LINK_SECRET")
+    if path is not None:
+        if project_id is None:
+            raise StateError(f"project {path!r} is not known to the bot: use its id (ID!IID)")
+        project = int(project_id)
+    return signed_link(
+        key,
+        int(project),
+        iid,
+        ttl=settings.link_ttl if ttl is None else ttl,
+        base_url=settings.public_url or "",
+    )
+
+
 def mint_link(settings: Settings, reference: str, *, ttl: float | None = None) -> str:
     """A signed link to an MR's page, the one the server would accept (same key, same rules).
 
@@ -283,6 +303,8 @@ def mint_link(settings: Settings, reference: str, *, ttl: float | None = None) -
     server's. Raises ValueError for a bad reference, StateError when no key or project is known.
     """
     project, iid = parse_reference(reference)
+    if settings.database_url and not settings.link_secret:
+        return _mint_fleet_link(settings, project, iid, ttl)
     if isinstance(project, str):
         project = asyncio.run(_project_id(settings.state_dir, project))
     key_file = settings.state_dir / "link.key"

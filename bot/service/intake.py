@@ -26,10 +26,10 @@ import hmac
 import json
 import multiprocessing
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import cachetools
 from aiohttp import web
@@ -570,6 +570,33 @@ async def _answer_and_hang_up(request: web.Request, response: web.Response) -> N
     request.protocol.force_close()
 
 
+# (delivery id or None, the delivery's keys and hints) -> "queued", "held" (PostgreSQL is away:
+# kept in memory until it answers), "duplicate" or "unavailable" (shutting down, or too much held)
+Accept = Callable[
+    [str | None, list[tuple[MRKey | BranchKey, Hint]]],
+    Awaitable[Literal["queued", "held", "duplicate", "unavailable"]],
+]
+
+
+async def _accepted(
+    accept: Accept, dedupe_id: str | None, delivery: Delivery, context: dict[str, Any]
+) -> tuple[str, web.Response]:
+    """The answer to a delivery once the fleet's queue has taken it (or not)."""
+    outcome = await accept(dedupe_id, list(delivery.work))
+    if outcome == "duplicate":
+        log.info("delivery_duplicate", **context)
+        return "duplicate", web.json_response({"status": "duplicate"})
+    if outcome == "unavailable":
+        return "unavailable", _reject(503, "shutting down: deliver again later", **context)
+    queued = [str(key) for key, _ in delivery.work]
+    if outcome == "held":
+        log.warning("delivery_held", keys=queued, reason="PostgreSQL is unreachable", **context)
+        body = {"status": "queued", "queued": queued, "held": True}
+        return "held", web.json_response(body, status=202)
+    log.info("delivery_queued", keys=queued, **context)
+    return "queued", web.json_response({"status": "queued", "queued": queued}, status=202)
+
+
 def make_webhook_handler(
     *,
     webhook_secret: str | None,
@@ -580,6 +607,7 @@ def make_webhook_handler(
     body_timeout: float = BODY_TIMEOUT,
     deliveries: DeliveryMemory | None = None,
     interpreter: OffLoopInterpreter | None = None,
+    accept: Accept | None = None,
 ) -> Callable[[web.Request], Any]:
     """Build the POST /webhook handler around the secrets and the queue's submit.
 
@@ -587,6 +615,9 @@ def make_webhook_handler(
     refused before reading (aiohttp itself stops a chunked or compressed body at that size).
     `deliveries` remembers accepted webhook ids (a fresh bounded memory by default).
     `interpreter` parses bodies over LARGE_BODY_BYTES off the event loop (its owner closes it).
+    `accept` (DATABASE_URL) replaces `submit` and `deliveries`: it commits the delivery's keys
+    and id to the fleet's queue before the answer, and says whether it was new
+    (bot/service/pgqueue.py).
     """
     seen = deliveries if deliveries is not None else DeliveryMemory()
     off_loop = interpreter if interpreter is not None else OffLoopInterpreter()
@@ -664,6 +695,8 @@ def make_webhook_handler(
             )
         # Status-check requests carry no delivery id: GitLab's Retry must always re-evaluate.
         dedupe_id = delivery_id(headers) if event_name else None
+        if accept is not None:
+            return counted(kind, *await _accepted(accept, dedupe_id, delivery, context))
         if dedupe_id is not None and dedupe_id in seen:
             log.info("delivery_duplicate", **context)
             return counted(kind, "duplicate", web.json_response({"status": "duplicate"}))

@@ -10,6 +10,7 @@ paces itself to a request budget so it never eats GitLab's rate limit or starves
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from bot.gitlab.client import GitLab, GitLabError, RequestBudget
 from bot.keys import Hint, MRKey
 from bot.logs import get_logger
+from bot.service.pgqueue import PgQueue
 from bot.service.queue import CoalescingQueue
 
 log = get_logger(__name__)
@@ -42,7 +44,7 @@ class Sweeper:
     def __init__(
         self,
         gitlab: GitLab,
-        queue: CoalescingQueue[MRKey],
+        queue: CoalescingQueue[MRKey] | PgQueue[MRKey],
         *,
         configured: Iterable[str],
         remembered: Callable[[], Awaitable[Iterable[tuple[int, str]]]] | None = None,
@@ -181,7 +183,7 @@ class Sweeper:
                 self.seen.setdefault(key.project_id, path)
             await self.queue.wait_background_below(self.max_backlog)
             await self._spend(self.requests_per_evaluation())
-            self.queue.submit_background(
+            accepted = self.queue.submit_background(
                 key,
                 Hint(
                     trigger="sweep",
@@ -191,6 +193,8 @@ class Sweeper:
                     sha=mr.get("sha"),
                 ),
             )
+            if inspect.isawaitable(accepted):  # PgQueue commits it (DATABASE_URL)
+                await accepted
             report.merge_requests += 1
             self._submitted.add(key)
 

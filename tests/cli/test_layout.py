@@ -25,6 +25,7 @@ COMMANDS = {
     "register": "register",
     "history": "history",
     "link": "link",
+    "migrate": "migrate",
 }
 ARGUMENTS = {"explain": ["g/a!1"], "register": ["g/a"], "history": ["g/a!1"], "link": ["g/a!1"]}
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,29 @@ def test_serve_runs_decides_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
     events = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
     assert "decision" in events and events[-1] == "stopped"
     assert TOKEN not in stderr and WEBHOOK_SECRET not in stderr
+
+
+def test_serve_on_a_database_postgres_refuses_says_so_in_one_line(pg_cluster: Any) -> None:
+    """DATABASE_URL names a database that does not exist: one line before any traffic, the
+    password masked."""
+    url = pg_cluster.url("no_such_database").replace("bot@", "bot:pw-s3cret@")
+    result = run_bot(
+        "serve",
+        GITLAB_URL="http://127.0.0.1:9",
+        GITLAB_TOKEN=TOKEN,
+        POLICY_DIR=SHIPPED,
+        PORT=free_port(),
+        HOST="127.0.0.1",
+        DATABASE_URL=url,
+        LOG_LEVEL="error",
+    )
+    assert_one_error_line(result, "PostgreSQL refuses DATABASE_URL 'postgresql://***@127.0.0.1:")
+    assert "no_such_database" in result.stderr
+    assert "pw-s3cret" not in result.stdout + result.stderr
+
+
+def test_database_url_must_be_postgresql() -> None:
+    result = run_bot(
+        "serve", GITLAB_URL="http://127.0.0.1:9", GITLAB_TOKEN=TOKEN, DATABASE_URL="mysql://x/y"
+    )
+    assert_one_error_line(result, "DATABASE_URL 'mysql://x/y' is not a postgresql:// URL")

@@ -1,0 +1,111 @@
+"""`python -m bot migrate`: the schema in one command, and the embedded record moved into
+PostgreSQL in one command (README "Running more than one")."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from bot.keys import MRKey
+from bot.service.database import Database
+from bot.service.pgrecord import PgRecord, link_key
+from bot.service.record import DecisionRecord
+from tests.builders import decision, policy_from
+from tests.processes import assert_one_error_line, run_bot
+
+POLICY = policy_from("check: title\nrequire:\n  - title: '^feat'\n", "title.yml")
+
+
+async def _sqlite_record(state_dir: Path) -> list[dict[str, Any]]:
+    record = DecisionRecord.open(state_dir)
+    for iid in (1, 2):
+        await record.record(decision(POLICY, key=MRKey(1, iid), facts={"title": "feat: x"}))
+    record.remember_project(1, "acme/app")
+    record.remember_delivered(9)
+    history = await record.history(1, 1)
+    await record.close()
+    (state_dir / "link.key").write_text("ab" * 32)
+    return history
+
+
+async def test_the_sqlite_record_moves_into_postgres_in_one_command(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    state_dir = tmp_path / "state"
+    history = await _sqlite_record(state_dir)
+    url = pg_cluster.new_database(template=None).replace("bot@", "bot:s3cret-pw@")
+    done = await asyncio.to_thread(
+        run_bot, "migrate", "--from-state-dir", str(state_dir), DATABASE_URL=url
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(
+        "copied 2 decisions, 2 latest verdicts, 1 projects, 1 unconfirmed project ids and the "
+        "link key from "
+    )
+    assert "s3cret-pw" not in done.stdout + done.stderr
+    db = Database(url)
+    await db.open()
+    try:
+        record = PgRecord(db)
+        assert await record.history(1, 1) == history
+        assert await record.known_projects() == [(1, "acme/app")]
+        assert await record.unconfirmed_projects() == [9]
+        assert await link_key(db, lambda: b"other") == bytes.fromhex("ab" * 32)
+    finally:
+        await db.close()
+    again = await asyncio.to_thread(
+        run_bot, "migrate", "--from-state-dir", str(state_dir), DATABASE_URL=url
+    )
+    assert_one_error_line(again, "PostgreSQL already holds a decision record (2 decisions)")
+
+
+async def test_migrate_applies_the_schema_once(pg_cluster: Any) -> None:
+    url = pg_cluster.new_database(template=None)
+    first = await asyncio.to_thread(run_bot, "migrate", DATABASE_URL=url)
+    assert first.returncode == 0, first.stderr
+    assert "applied versions [1]" in first.stdout
+    second = await asyncio.to_thread(run_bot, "migrate", DATABASE_URL=url)
+    assert "already up to date" in second.stdout
+
+
+def test_migrate_without_database_url_is_one_line() -> None:
+    assert_one_error_line(run_bot("migrate"), "DATABASE_URL is not set")
+
+
+async def test_history_and_link_read_the_fleets_state_with_database_url(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    """After the move, `history` and `link` read PostgreSQL: the same rows, and a link signed
+    with the fleet's key (the one every replica checks)."""
+    state_dir = tmp_path / "state"
+    await _sqlite_record(state_dir)
+    url = pg_cluster.new_database(template=None)
+    moved = await asyncio.to_thread(
+        run_bot, "migrate", "--from-state-dir", str(state_dir), DATABASE_URL=url
+    )
+    assert moved.returncode == 0, moved.stderr
+    empty = tmp_path / "elsewhere"  # not the old STATE_DIR: PostgreSQL must answer
+    history = await asyncio.to_thread(
+        run_bot, "history", "acme/app!1", DATABASE_URL=url, STATE_DIR=empty
+    )
+    assert history.returncode == 0, history.stderr
+    assert history.stdout.splitlines()[0].startswith("TIME (UTC)")
+    assert " title " in history.stdout.splitlines()[1]
+    link = await asyncio.to_thread(
+        run_bot,
+        "link",
+        "acme/app!1",
+        DATABASE_URL=url,
+        STATE_DIR=empty,
+        PUBLIC_URL="https://bot.example.com",
+    )
+    assert link.returncode == 0, link.stderr
+    from urllib.parse import parse_qs, urlsplit
+
+    from bot.service.links import verify
+
+    parts = urlsplit(link.stdout.strip())
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    assert (parts.netloc, parts.path) == ("bot.example.com", "/mr/1/1")
+    assert verify(bytes.fromhex("ab" * 32), parts.path, query["expires"], query["sig"])

@@ -1,0 +1,202 @@
+"""The service with DATABASE_URL, built with create_app as `serve` builds it: state in
+PostgreSQL, shared by every app on the same database (README "Running more than one")."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from bot.service.app import DATABASE, LEADER, QUEUE, RECORD
+from bot.service.details import LINK_KEY
+from bot.service.pgqueue import PgQueue
+from bot.service.pgrecord import PgRecord
+from tests.builders import running_pipeline, seed_mr
+from tests.conftest import Bot, eventually, get, link
+from tests.fakegitlab import FakeGitLab
+from tests.payloads import merge_request_hook, pipeline_hook
+
+SHA = "1" * 40
+CHECKS = ("conventional-title", "pipeline-green")
+
+
+def _seed(gitlab: FakeGitLab, iid: int = 1, title: str = "feat: x") -> int:
+    seed_mr(gitlab, CHECKS, iid=iid, title=title, sha=SHA, head_pipeline=running_pipeline(SHA))
+    return iid
+
+
+def mr_event(iid: int) -> dict[str, Any]:
+    return merge_request_hook(iid=iid, sha=SHA)
+
+
+async def settled(bot: Bot, limit: float = 10.0) -> None:
+    queue = bot.app[QUEUE]
+    await asyncio.wait_for(queue.join(), limit)
+
+
+async def test_a_delivery_is_committed_evaluated_and_recorded_in_postgres(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    mr = _seed(gitlab)
+    bot = await start_bot(database_url=database_url)
+    assert isinstance(bot.app[QUEUE], PgQueue)
+    assert isinstance(bot.app[RECORD], PgRecord)
+    status, body = await bot.deliver(mr_event(mr), headers={"Idempotency-Key": "d-1"})
+    assert (status, body["status"]) == (202, "queued")
+    await settled(bot)
+    assert gitlab.check_status(1, mr, "conventional-title") == "passed"
+    assert gitlab.check_status(1, mr, "pipeline-green") == "failed"
+    history = await bot.app[RECORD].history(1, mr)
+    assert {row["check"] for row in history} >= {"conventional-title"}
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM bot_deliveries") == 1
+        assert await conn.fetchval("SELECT count(*) FROM bot_projects") == 1
+    finally:
+        await conn.close()
+
+
+async def test_replicas_share_delivery_ids_link_key_and_one_sweep_leader(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    mr = _seed(gitlab)
+    first = await start_bot(database_url=database_url)
+    second = await start_bot(database_url=database_url)
+    headers = {"Idempotency-Key": "same-delivery"}
+    assert (await first.deliver(mr_event(mr), headers=headers))[0] == 202
+    status, body = await second.deliver(mr_event(mr), headers=headers)
+    assert (status, body) == (200, {"status": "duplicate"})
+    assert first.app[LINK_KEY] == second.app[LINK_KEY]
+    await eventually(lambda: first.app[LEADER].leading or second.app[LEADER].leading, 5)
+    await asyncio.sleep(1.5)  # a standby tries for the lock every second
+    assert [first.app[LEADER].leading, second.app[LEADER].leading].count(True) == 1
+    await settled(first)
+
+
+async def test_the_sweep_leader_dies_and_a_standby_takes_over(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """Two replicas, a 2 s interval: one sweeps; stopped, the other sweeps within an interval,
+    and the fleet never sweeps more than once per interval meanwhile."""
+    _seed(gitlab)
+    bots = [
+        await start_bot(database_url=database_url, reconcile_interval=2.0, projects=("acme/app",))
+        for _ in range(2)
+    ]
+    leaders = [bot.app[LEADER] for bot in bots]
+    await eventually(lambda: any(leader.sweeps for leader in leaders), 5)
+    leader = next(n for n, one in enumerate(leaders) if one.sweeps)
+    standby = 1 - leader
+    assert leaders[standby].sweeps == 0
+    await asyncio.sleep(2.5)
+    assert leaders[leader].sweeps in (1, 2) and leaders[standby].sweeps == 0
+    await bots[leader].stop()
+    stopped = asyncio.get_running_loop().time()
+    await eventually(lambda: leaders[standby].sweeps >= 1, 5)
+    assert asyncio.get_running_loop().time() - stopped < 2.0 + 1.5
+
+
+async def test_a_postgres_outage_holds_deliveries_and_says_why(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], pg_cluster: Any, database_url: str
+) -> None:
+    """PostgreSQL stops: the bot does not crash, /readyz says why (degraded, still 200: an
+    unready replica would get no deliveries at all), a delivery is answered 202 and held; when
+    PostgreSQL is back the held delivery is evaluated and its verdict posted and recorded."""
+    mr = _seed(gitlab, title="wip")
+    bot = await start_bot(database_url=database_url)
+    pg_cluster.stop()
+    try:
+        status, body = await bot.deliver(mr_event(mr), headers={"Idempotency-Key": "held-1"})
+        assert (status, body.get("held")) == (202, True)
+        async with bot.session.get(f"{bot.url}/readyz") as resp:
+            ready = await resp.json()
+        assert resp.status == 200
+        assert ready["status"] == "degraded"
+        assert any("PostgreSQL is unreachable" in w for w in ready["warnings"])
+        await asyncio.sleep(1.0)
+        assert gitlab.status_posts() == []
+    finally:
+        pg_cluster.start()
+    await eventually(lambda: gitlab.check_status(1, mr, "conventional-title") == "failed", 15)
+    await eventually(lambda: bot.app[DATABASE].problem() is None, 10)
+    history = await bot.app[RECORD].history(1, mr)
+    assert {row["check"] for row in history} >= {"conventional-title"}
+
+
+async def test_a_sweep_cut_short_by_its_leaders_death_is_run_again_at_once(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """The leader stops mid-sweep (GitLab's MR list is slow); the standby sweeps within a few
+    seconds, not a whole RECONCILE_INTERVAL (60 s) later."""
+    _seed(gitlab)
+    gitlab.delay(2.0, times=1, path_contains="/projects/acme%2Fapp/merge_requests")
+    bots = [
+        await start_bot(database_url=database_url, reconcile_interval=60.0, projects=("acme/app",))
+        for _ in range(2)
+    ]
+    leaders = [bot.app[LEADER] for bot in bots]
+    await eventually(lambda: any(leader.leading for leader in leaders), 5)
+    leader = next(n for n, one in enumerate(leaders) if one.leading)
+    standby = 1 - leader
+    await asyncio.sleep(0.5)  # mid-sweep: the list takes 2 s
+    assert leaders[leader].sweeps == 0
+    await bots[leader].stop()
+    stopped = asyncio.get_running_loop().time()
+    await eventually(lambda: leaders[standby].sweeps >= 1, 10)
+    assert asyncio.get_running_loop().time() - stopped < 5
+
+
+async def test_a_delivery_is_answered_only_once_its_key_is_committed(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """While another session holds the work table locked, the delivery's commit cannot happen,
+    so neither may its 202; the answer comes once the lock goes, with the key in the table."""
+    mr = _seed(gitlab)
+    bot = await start_bot(database_url=database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("LOCK TABLE bot_work IN EXCLUSIVE MODE")
+        answer = asyncio.create_task(bot.deliver(mr_event(mr), headers={"Idempotency-Key": "c"}))
+        await asyncio.sleep(0.5)
+        assert not answer.done(), "answered before the delivery was committed"
+        await tx.rollback()
+        status, body = await asyncio.wait_for(answer, 5)
+        assert (status, body["status"]) == (202, "queued")
+        assert await conn.fetchval("SELECT count(*) FROM bot_deliveries") == 1
+    finally:
+        await conn.close()
+    await settled(bot)
+
+
+async def test_a_branch_pipeline_reaches_its_mr_through_the_shared_queue(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """A branch key is resolved to its MRs, which are queued in PostgreSQL before the branch's
+    row is finished, and judged."""
+    mr = _seed(gitlab)
+    gitlab.set_pipeline(1, mr, "success")
+    bot = await start_bot(database_url=database_url)
+    hook = pipeline_hook(iid=None, ref="feature", status="success")
+    status, body = await bot.deliver(hook, event="Pipeline Hook")
+    assert (status, body["queued"]) == (202, ["1:feature"])
+    await eventually(lambda: gitlab.check_status(1, mr, "pipeline-green") == "passed", 10)
+
+
+async def test_a_details_link_from_one_replica_opens_on_another_with_the_shared_record(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    mr = _seed(gitlab)
+    first = await start_bot(database_url=database_url)
+    second = await start_bot(database_url=database_url)
+    assert (await first.deliver(mr_event(mr)))[0] == 202
+    await settled(first)
+    signed = link(first, 1, mr, json=True).replace(first.url, second.url)
+    status, view, _ = await get(second, signed)
+    assert status == 200, view
+    checks = {c["check"]: c for c in view["checks"]}
+    assert checks["conventional-title"]["verdict"]["verdict"] == "passed"
+    assert sorted(h["check"] for h in view["history"]) == list(CHECKS)
