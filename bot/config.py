@@ -46,6 +46,9 @@ class Settings:
     evaluation_spacing: float = 0.5
     record_retention_days: float = 90.0
     approval_settle_seconds: float = 30.0
+    # Policies kept in projects' repositories (docs/architecture.md#repository-policies).
+    repository_policies: bool = True
+    repository_policy_ttl: float = 300.0
 
     def __repr__(self) -> str:
         # Never let a token reach a log line or a traceback through repr().
@@ -184,4 +187,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         record_retention_days=_number(env, "RECORD_RETENTION_DAYS", 90, minimum=1),
         # GitLab deletes approvals 10 s after it records a push; below that is never safe.
         approval_settle_seconds=_number(env, "APPROVAL_SETTLE_SECONDS", 30, minimum=10),
+        repository_policies=_choice(env, "REPOSITORY_POLICIES", "on", ("on", "off")) == "on",
+        repository_policy_ttl=_number(env, "REPOSITORY_POLICY_TTL", 300, minimum=1),
     )

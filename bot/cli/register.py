@@ -50,7 +50,9 @@ HOOK_EVENTS = {
     # Internal notes fire "Confidential Note Hook", only to hooks with this flag: without it a
     # /recheck in an internal note never reaches the bot.
     "confidential_note_events": True,
-    "push_events": False,
+    # A push to a target branch may change the policies kept in the repository
+    # (docs/architecture.md#repository-policies): the bot drops what it read of that branch.
+    "push_events": True,
 }
 PROJECTS_AT_ONCE = 4
 _GLOB_CHARS = frozenset("*?[")

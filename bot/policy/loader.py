@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from yaml.nodes import MappingNode
 
@@ -28,18 +28,18 @@ from bot.policy.nodes import (
 from bot.policy.predicates.base import REGISTRY, compile_rule_item
 from bot.policy.predicates.scope import compile_applies_to
 
-TOP_KEYS = ("check", "description", "mode", "applies_to", "require", "comment")
+TOP_KEYS = ("check", "description", "mode", "applies_to", "require", "comment", "replaceable")
 MODES = ("enforce", "advisory")
 COMMENTS = ("never", "on_failure", "always")
 POLICY_SUFFIXES = (".yml", ".yaml")
 TEST_SUFFIXES = (".test.yml", ".test.yaml")
 
 
-def is_test_file(path: Path) -> bool:
+def is_test_file(path: PurePath) -> bool:
     return path.name.endswith(TEST_SUFFIXES)
 
 
-def is_policy_file(path: Path) -> bool:
+def is_policy_file(path: PurePath) -> bool:
     """A policy file: `*.yml`/`*.yaml`, not a test file, not hidden (editor/tool files)."""
     return (
         path.name.endswith(POLICY_SUFFIXES)
@@ -120,6 +120,10 @@ def _compile_policy(
         )
     mode = _choice(ctx, entries, "mode", MODES, "enforce")
     comment = _choice(ctx, entries, "comment", COMMENTS, "never")
+    # A central policy a repository may replace (docs/architecture.md#repository-policies).
+    replaceable = False
+    if "replaceable" in entries:
+        replaceable = bool(ctx.boolean(entries["replaceable"].node, "`replaceable`"))
 
     applies_to: tuple[Rule, ...] | None = ()
     if "applies_to" in entries:
@@ -149,6 +153,7 @@ def _compile_policy(
         mode=mode,  # type: ignore[arg-type]
         comment=comment,  # type: ignore[arg-type]
         line=line,
+        replaceable=replaceable,
     )
     return policy, ctx
 

@@ -32,6 +32,7 @@ from bot.service.policy_store import PolicyStore
 from bot.service.queue import CoalescingQueue
 from bot.service.record import DecisionRecord
 from bot.service.references import unreadable
+from bot.service.repository import RepositoryPolicies
 from bot.service.sticky import StickyNotes, details_links
 from bot.service.sweep import BASE_REQUESTS_PER_EVALUATION, Sweeper
 
@@ -207,6 +208,11 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
             app[GITLAB], FactReader(app[GITLAB], settle_seconds=settings.approval_settle_seconds)
         ),
         last_posted=lambda key, check: record.last_posted(key.project_id, key.iid, check),
+        repository=(
+            RepositoryPolicies(app[GITLAB], ttl=settings.repository_policy_ttl)
+            if settings.repository_policies
+            else None
+        ),
     )
     app[QUEUE] = queue
     app[EVALUATOR] = evaluator

@@ -70,6 +70,9 @@ class Project:
     checks: dict[int, JSON] = field(default_factory=dict)  # includes the secret; never rendered
     protected_branches: dict[int, JSON] = field(default_factory=dict)
     hooks: dict[int, JSON] = field(default_factory=dict)  # includes the token; never rendered
+    # The repository (repository.py): branch name → commit SHA, commit SHA → {path: bytes}.
+    branches: dict[str, str] = field(default_factory=dict)
+    trees: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,0 +1,259 @@
+"""Policies kept in the repository (`.gitlab/status-checks/` of the MR's target branch) over the
+central floors, end to end: the bot as a real server, the fake GitLab as a real one
+(docs/architecture.md#repository-policies)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bot.service.app import RECORD
+from tests import payloads
+from tests.builders import seed_mr
+from tests.conftest import Bot, eventually, write_policies
+from tests.fakegitlab import FakeGitLab
+
+CENTRAL = {
+    "title.yml": """
+        check: conventional-title
+        require:
+          - title: '^(feat|fix|docs|chore)(\\(.+\\))?: '
+    """,
+    "size.yml": """
+        check: labelled
+        replaceable: true
+        require:
+          - labels: {any: [team]}
+    """,
+}
+FOLDER = ".gitlab/status-checks"
+TICKET = """
+check: conventional-title
+require:
+  - name: ticket in title
+    title: 'ACME-[0-9]+'
+"""
+REVIEWED = """
+check: reviewed
+require:
+  - labels: {any: [reviewed]}
+"""
+CHECKS = ["conventional-title", "labelled", "reviewed"]
+REPOSITORY_READS = ("/repository/branches/", "/repository/tree", "/repository/files/")
+
+
+def repository_reads(gitlab: FakeGitLab) -> list[str]:
+    return [c.route for c in gitlab.calls if any(part in c.route for part in REPOSITORY_READS)]
+
+
+async def latest(bot: Bot, iid: int = 1) -> dict[str, dict[str, Any]]:
+    """What the decision record (what `history` shows) holds for each check of !iid."""
+    record = bot.app[RECORD]
+    await record.flush()
+    return {row["check"]: row for row in await record.latest(1, iid)}
+
+
+def leaves(outcome: dict[str, Any]) -> list[str]:
+    """The evidence of every predicate under a recorded outcome."""
+    children = outcome.get("children") or []
+    if not children:
+        return [outcome["evidence"]]
+    return [text for child in children for text in leaves(child)]
+
+
+async def start(
+    tmp_path: Path, start_bot: Callable[..., Any], central: dict[str, str] = CENTRAL, **kw: Any
+) -> Bot:
+    return await start_bot(policy_dir=write_policies(tmp_path / "central", central), **kw)
+
+
+async def deliver(bot: Bot, gitlab: FakeGitLab, iid: int = 1) -> None:
+    sha = gitlab.mr(1, iid)["sha"]
+    status, body = await bot.deliver(payloads.merge_request_hook(iid=iid, sha=sha))
+    assert status == 202, body
+    await bot.settle()
+
+
+async def test_the_target_branch_decides_and_the_source_branch_cannot_change_its_rules(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A check only the repository defines is judged by the target branch's file; the same
+    file loosened on the MR's own branch changes nothing. A check both layers define needs
+    both: the central rule holds, the repository's ticket rule fails, and the evidence names
+    the layer each rule came from (central file, repository path@sha)."""
+    seed_mr(gitlab, CHECKS, labels=["team"])
+    main = gitlab.commit_files(
+        1, "main", {f"{FOLDER}/title.yml": TICKET, f"{FOLDER}/r.yml": REVIEWED}
+    )
+    # The MR tries to drop the ticket rule and the review label on its own branch.
+    gitlab.propose_files(
+        1,
+        1,
+        {
+            f"{FOLDER}/title.yml": None,
+            f"{FOLDER}/r.yml": "check: reviewed\nrequire:\n  - draft: false\n",
+        },
+    )
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1) == {
+        "conventional-title": "failed",
+        "labelled": "passed",
+        "reviewed": "failed",
+    }
+    rows = await latest(bot)
+    sha = main[:12]
+    title = rows["conventional-title"]
+    assert title["policy_path"] == (
+        f"central {tmp_path}/central/title.yml + repository {FOLDER}/title.yml@{sha}"
+    )
+    assert leaves(title["outcome"]) == [
+        'title: "feat: add login" matches `^(feat|fix|docs|chore)(\\(.+\\))?: ` '
+        f"[central {tmp_path}/central/title.yml]",
+        'title: "feat: add login" does not match `ACME-[0-9]+` '
+        f"[repository {FOLDER}/title.yml@{sha}]",
+    ]
+    assert rows["reviewed"]["policy_path"] == f"repository {FOLDER}/r.yml@{sha}"
+    assert rows["labelled"]["policy_path"].endswith("central/size.yml")  # the repo is silent
+
+
+async def test_a_broken_repository_file_fails_its_check_with_file_and_line_and_nothing_else(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    seed_mr(gitlab, CHECKS, labels=["team", "reviewed"])
+    gitlab.commit_files(
+        1, "main", {f"{FOLDER}/r.yml": "check: reviewed\nrequire:\n  - lables: {any: [x]}\n"}
+    )
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1) == {
+        "conventional-title": "passed",
+        "labelled": "passed",
+        "reviewed": "failed",
+    }
+    async with bot.session.get(f"{bot.url}/healthz") as resp:
+        assert resp.status == 200
+    rows = await latest(bot)
+    assert rows["reviewed"]["reason"] == (
+        f"repository {FOLDER}/r.yml@{gitlab.branch_sha(1, 'main')[:12]}: the repository policy "
+        f"does not load: {FOLDER}/r.yml:3: unknown predicate `lables`; did you mean `labels`?"
+    )
+    assert rows["reviewed"]["outcome"]["fix"] == (
+        "fix the file on the target branch (by merge request); "
+        "`python -m bot validate .gitlab/status-checks` shows every problem"
+    )
+
+
+async def test_a_replaceable_central_policy_gives_way_to_the_repositorys(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """`labelled` is replaceable centrally: the repository's own version decides it alone
+    (the MR has no `team` label, which the central one wants)."""
+    seed_mr(gitlab, CHECKS, labels=["backend", "reviewed"])
+    replacement = "check: labelled\nrequire:\n  - labels: {any: [backend, frontend]}\n"
+    gitlab.commit_files(1, "main", {f"{FOLDER}/labelled.yml": replacement})
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1)["labelled"] == "passed"
+    rows = await latest(bot)
+    assert rows["labelled"]["policy_path"].startswith(f"repository {FOLDER}/labelled.yml@")
+
+
+async def test_unreadable_repository_policies_fail_closed_and_the_bot_looks_again(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """GitLab fails the branch read: the check only the repository defines, and the
+    replaceable central one, are `failed` "waiting for the repository policies" (never passed,
+    never left pending); the central floor the repository never touched goes on; once GitLab
+    answers the bot finds the policies by itself."""
+    seed_mr(gitlab, CHECKS, labels=["team", "reviewed"])
+    gitlab.commit_files(1, "main", {f"{FOLDER}/r.yml": REVIEWED})
+    gitlab.fail(503, times=4, path_contains="/repository/branches/")  # every retry of one read
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1) == {
+        "conventional-title": "passed",
+        "labelled": "failed",
+        "reviewed": "failed",
+    }
+    rows = await latest(bot)
+    assert rows["reviewed"]["reason"] == (
+        f"repository {FOLDER} (unreadable): waiting for the repository policies: "
+        "reading `main`: GitLab answered 503: Service Unavailable"
+    )
+    assert rows["reviewed"]["wake_at"] is not None
+    await eventually(lambda: gitlab.statuses(1, 1)["reviewed"] == "passed", limit=15)
+    assert gitlab.statuses(1, 1)["labelled"] == "passed"
+
+
+async def test_repository_policies_cost_no_request_until_the_target_branch_moves(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Read once per target-branch head: the branch, the folder, each file; then nothing
+    more per evaluation. A Push Hook that changes the policies makes the bot read the branch,
+    the folder and only the changed file, and judge again the open MRs that target it; a push
+    that leaves the folder as it was re-judges nothing. A project without the folder costs one
+    branch read and one 404 for the folder, once."""
+    seed_mr(gitlab, CHECKS, labels=["team"])
+    seed_mr(gitlab, iid=2, labels=["team"], source_branch="other")
+    before = gitlab.commit_files(
+        1, "main", {f"{FOLDER}/r.yml": REVIEWED, f"{FOLDER}/title.yml": TICKET}
+    )
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    assert sorted(repository_reads(gitlab)) == [
+        "GET /projects/:id/repository/branches/:branch",
+        "GET /projects/:id/repository/files/:file_path/raw",
+        "GET /projects/:id/repository/files/:file_path/raw",
+        "GET /projects/:id/repository/tree",
+    ]
+    assert gitlab.statuses(1, 1)["reviewed"] == "failed"
+    gitlab.reset_calls()
+    await deliver(bot, gitlab)
+    await deliver(bot, gitlab, iid=2)
+    assert repository_reads(gitlab) == []  # no extra request per evaluation
+
+    # A push to main that changes one policy: the label rule now takes `team`.
+    after = gitlab.commit_files(
+        1, "main", {f"{FOLDER}/r.yml": REVIEWED.replace("reviewed]", "team]")}
+    )
+    gitlab.reset_calls()
+    status, body = await bot.deliver(gitlab.push_hook(1, "main", before, after), event="Push Hook")
+    assert status == 202, body
+    await bot.settle()
+    assert sorted(repository_reads(gitlab)) == [
+        "GET /projects/:id/repository/branches/:branch",
+        "GET /projects/:id/repository/files/:file_path/raw",  # r.yml only: title.yml is known
+        "GET /projects/:id/repository/tree",
+    ]
+    assert gitlab.statuses(1, 1)["reviewed"] == "passed"
+    assert gitlab.statuses(1, 2)["reviewed"] == "passed"
+
+    # A push that leaves the folder as it was: nothing is judged again.
+    again = gitlab.commit_files(1, "main", {"src/app.py": "print('hi')\n"})
+    gitlab.reset_calls()
+    status, _ = await bot.deliver(gitlab.push_hook(1, "main", after, again), event="Push Hook")
+    assert status == 202
+    await bot.settle()
+    assert sorted(repository_reads(gitlab)) == [
+        "GET /projects/:id/repository/branches/:branch",
+        "GET /projects/:id/repository/tree",
+    ]
+    assert gitlab.calls_to("GET", "/merge_requests") == []
+
+
+async def test_a_project_without_repository_policies_pays_once(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    seed_mr(gitlab, ["conventional-title"])
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    tree = gitlab.calls_to("GET", "/repository/tree")
+    assert [c.status for c in tree] == [404]
+    assert len(repository_reads(gitlab)) == 2
+    gitlab.reset_calls()
+    for _ in range(3):
+        await deliver(bot, gitlab)
+    assert repository_reads(gitlab) == []
+    assert gitlab.statuses(1, 1) == {"conventional-title": "passed"}
