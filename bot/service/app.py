@@ -29,6 +29,7 @@ from bot.service.details import add_routes as add_details_routes
 from bot.service.intake import OffLoopInterpreter, make_webhook_handler, webhook_method_not_allowed
 from bot.service.metrics import Metrics
 from bot.service.policy_store import PolicyStore
+from bot.service.preview import PolicyMRs
 from bot.service.queue import CoalescingQueue
 from bot.service.record import DecisionRecord
 from bot.service.references import unreadable
@@ -200,6 +201,11 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         min_interval=settings.evaluation_spacing,
     )
     record = app[RECORD]
+    repository = (
+        RepositoryPolicies(app[GITLAB], ttl=settings.repository_policy_ttl)
+        if settings.repository_policies
+        else None
+    )
     evaluator = Evaluator(
         app[GITLAB],
         lambda: store.current,
@@ -208,9 +214,16 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
             app[GITLAB], FactReader(app[GITLAB], settle_seconds=settings.approval_settle_seconds)
         ),
         last_posted=lambda key, check: record.last_posted(key.project_id, key.iid, check),
-        repository=(
-            RepositoryPolicies(app[GITLAB], ttl=settings.repository_policy_ttl)
-            if settings.repository_policies
+        repository=repository,
+        policy_mrs=(
+            PolicyMRs(
+                app[GITLAB],
+                repository,
+                SnapshotReader(app[GITLAB]),
+                lambda: store.current,
+                budget=settings.sweep_budget,
+            )
+            if repository is not None
             else None
         ),
     )

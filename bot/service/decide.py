@@ -31,6 +31,7 @@ from bot.policy.facts import FactNeeds, MergeRequestFacts
 from bot.policy.model import Policy, PolicySet, Verdict
 
 if TYPE_CHECKING:
+    from bot.service.preview import PolicyMRs
     from bot.service.repository import RepositoryPolicies
 
 log = get_logger(__name__)
@@ -130,10 +131,13 @@ class Evaluator:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         last_posted: Callable[[MRKey, str], Awaitable[tuple[str, str] | None]] | None = None,
         repository: RepositoryPolicies | None = None,
+        policy_mrs: PolicyMRs | None = None,
     ) -> None:
         self.gitlab = gitlab
         # The policies projects keep in their target branches; None: central policies only.
         self.repository = repository
+        # Judges `status-check-policies` (MRs changing the repository's policies); None: off.
+        self.policy_mrs = policy_mrs
         self.policies = policies
         self.submit = submit
         self.reader = reader or SnapshotReader(gitlab)
@@ -276,6 +280,7 @@ class Evaluator:
         if facts.state != "opened":
             log.info("skipped", reason=f"merge request is {facts.state}", **log_ctx)
             return None
+        await self._match_policy_check(facts, listed, mr, policy_set, matched)
         unmatched = [c.name for c in listed if policy_set.get(c.name) is None]
         if unmatched:
             log.info("checks_without_policy", checks=unmatched, **log_ctx)
@@ -302,6 +307,22 @@ class Evaluator:
             self._deferred.discard(key)
         self.release_deferred()
         return min(delays) if delays else None
+
+    async def _match_policy_check(
+        self,
+        facts: MergeRequestFacts,
+        listed: Sequence[StatusCheck],
+        mr: Mapping[str, Any],
+        policy_set: PolicySet,
+        matched: list[tuple[StatusCheck, Policy]],
+    ) -> None:
+        """`status-check-policies`, when GitLab lists it and no policy file claims the name:
+        the MR's proposed repository policies validated, tested and previewed."""
+        if self.policy_mrs is None or policy_set.get(self.policy_mrs.check) is not None:
+            return
+        check = next((c for c in listed if c.name == self.policy_mrs.check), None)
+        if check is not None:
+            matched.append((check, await self.policy_mrs.policy_for(facts, mr)))
 
     def _look_again(self, key: MRKey) -> float:
         moves = self._head_moves.get(key, 0) + 1

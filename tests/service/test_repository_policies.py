@@ -257,3 +257,106 @@ async def test_a_project_without_repository_policies_pays_once(
         await deliver(bot, gitlab)
     assert repository_reads(gitlab) == []
     assert gitlab.statuses(1, 1) == {"conventional-title": "passed"}
+
+
+# -- MRs that change the repository's policies -------------------------------------------------
+
+TEAM = """
+check: reviewed
+require:
+  - labels: {any: [team]}
+"""
+TEAM_CASES = """
+policy: reviewed
+cases:
+  - name: a team MR passes
+    mr: {labels: [team]}
+    expect: passed
+  - name: a reviewed MR no longer does
+    mr: {labels: [reviewed]}
+    expect: failed
+"""
+
+
+def notes_on(gitlab: FakeGitLab, iid: int) -> list[str]:
+    return [
+        str((c.json or {}).get("body", ""))
+        for c in gitlab.calls
+        if c.method in ("POST", "PUT") and f"/merge_requests/{iid}/notes" in c.path
+    ]
+
+
+async def test_a_policy_mr_gets_validated_tested_and_a_read_only_preview_of_every_flip(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """!1 proposes that `reviewed` take the `team` label instead of `reviewed`. Its own
+    `status-check-policies` passes (the files load, their cases pass), and its note lists the
+    open MRs whose verdict would flip: !2 passed → failed, !3 failed → passed. Nothing is
+    posted or written on !2 and !3, and !1 itself is still judged by main's policies."""
+    seed_mr(gitlab, ["reviewed", "status-check-policies"], labels=["team"])
+    seed_mr(gitlab, iid=2, labels=["reviewed"], source_branch="two")
+    seed_mr(gitlab, iid=3, labels=["team"], source_branch="three")
+    main = gitlab.commit_files(1, "main", {f"{FOLDER}/reviewed.yml": REVIEWED})
+    head = gitlab.propose_files(
+        1, 1, {f"{FOLDER}/reviewed.yml": TEAM, f"{FOLDER}/reviewed.test.yaml": TEAM_CASES}
+    )
+    bot = await start(tmp_path, start_bot, {})
+    gitlab.reset_calls()
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1) == {"reviewed": "failed", "status-check-policies": "passed"}
+    assert [c.path for c in gitlab.status_posts()] == [
+        "/api/v4/projects/1/merge_requests/1/status_check_responses"
+    ] * 2
+    assert notes_on(gitlab, 2) == notes_on(gitlab, 3) == []
+    [note] = notes_on(gitlab, 1)
+    proposed = f"{FOLDER}/reviewed.yml@{head[:12]}"
+    assert "#### Policy preview\n\n2 verdicts of open MRs would change.\n" in note
+    assert (
+        f"- `!2 reviewed: passed → failed: labels: has none of team [repository {proposed}]`"
+        in note
+    )
+    assert (
+        "- `!3 reviewed: failed → passed: no longer: labels: has none of reviewed "
+        f"[repository {FOLDER}/reviewed.yml@{main[:12]}]`" in note
+    )
+    rows = await latest(bot)
+    assert rows["status-check-policies"]["reason"] == "all 3 rules hold"
+
+    # A broken proposal and a failing case fail the check, saying where.
+    gitlab.propose_files(
+        1,
+        1,
+        {
+            f"{FOLDER}/reviewed.yml": TEAM + "  - lables: {any: [x]}\n",
+            f"{FOLDER}/other.test.yaml": TEAM_CASES.replace("expect: failed", "expect: passed"),
+        },
+    )
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1)["status-check-policies"] == "failed"
+    reason = (await latest(bot))["status-check-policies"]["reason"]
+    assert f"{FOLDER}/reviewed.yml:5: unknown predicate `lables`; did you mean `labels`?" in reason
+
+
+async def test_the_preview_of_a_policy_mr_is_bounded_and_read_once_per_head(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """At most 50 open MRs are replayed; judging the same head again reads none of them."""
+    seed_mr(gitlab, ["reviewed", "status-check-policies"])
+    for iid in range(2, 54):
+        seed_mr(gitlab, iid=iid, labels=["reviewed"], source_branch=f"b{iid}")
+    gitlab.commit_files(1, "main", {f"{FOLDER}/reviewed.yml": REVIEWED})
+    gitlab.propose_files(1, 1, {f"{FOLDER}/reviewed.yml": TEAM})
+    bot = await start(tmp_path, start_bot, {}, sweep_budget=1000.0)
+    gitlab.reset_calls()
+    await deliver(bot, gitlab)
+    replayed = {c.path for c in gitlab.calls_to("GET", "/status_checks")} - {
+        "/api/v4/projects/1/merge_requests/1/status_checks"
+    }
+    assert len(replayed) == 50
+    [note] = notes_on(gitlab, 1)
+    assert "50 verdicts of open MRs would change (2 more open MRs not looked at)" in note
+    gitlab.reset_calls()
+    await deliver(bot, gitlab)
+    assert [c.path for c in gitlab.calls_to("GET", "/status_checks")] == [
+        "/api/v4/projects/1/merge_requests/1/status_checks"
+    ]
