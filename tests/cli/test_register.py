@@ -398,3 +398,19 @@ async def test_command_line_exit_code_and_report(gitlab: FakeGitLab, policy_dir:
     assert "acme/premium: FAILED" in text
     assert WEBHOOK_SECRET not in text + stderr.decode()
     assert TOKEN not in text + stderr.decode()
+
+
+async def test_a_check_only_a_repository_defines_is_registered_with_check(
+    gitlab: FakeGitLab, make_settings: Callable[..., Settings]
+) -> None:
+    """`--check NAME` registers a status check no central policy names (one the project's
+    .gitlab/status-checks/ defines, or status-check-policies); it is not pruned either."""
+    gitlab.add_project(1, "acme/app")
+    options = {"extra_checks": ("reviewed", "status-check-policies")}
+    code, text = await run(make_settings(), **options)
+    assert code == 0, text
+    assert set(checks_of(gitlab, 1)) == {*CHECKS, "reviewed", "status-check-policies"}
+    assert checks_of(gitlab, 1)["reviewed"]["external_url"] == f"{URL}?check=reviewed"
+    gitlab.reset_calls()
+    code, text = await run(make_settings(), prune=True, **options)
+    assert code == 0 and writes(gitlab) == [], text
