@@ -7,9 +7,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bot.cli import base, explain, history, link, policy_tests, register, serve, validate
+from bot.cli import (
+    base,
+    explain,
+    history,
+    link,
+    policy_tests,
+    preview,
+    register,
+    serve,
+    validate,
+)
 
-COMMANDS = (serve, validate, policy_tests, explain, register, history, link)
+COMMANDS = (serve, validate, policy_tests, explain, preview, register, history, link)
 
 
 def build_parser() -> argparse.ArgumentParser:
