@@ -289,8 +289,11 @@ class PolicyMRs:
         target_sha = target.layer.sha if target.layer is not None else ""
         refs = mr.get("diff_refs") if isinstance(mr.get("diff_refs"), dict) else None
         base = str((refs or {}).get("base_sha") or target_sha)
-        if await self.repository.blob_ids(project, head) == await self.repository.blob_ids(
-            project, base
+        proposed_ids = await self.repository.blob_ids(project, head)
+        # The same folder as the target branch's (the usual case: read already) or as the
+        # merge base's: nothing proposed.
+        if proposed_ids == await self.repository.blob_ids(project, target_sha) or (
+            base != target_sha and proposed_ids == await self.repository.blob_ids(project, base)
         ):
             return policy_check("", None, None)
         central = self.central()

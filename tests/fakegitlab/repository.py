@@ -93,8 +93,8 @@ class Repository(Server):
         project.trees.setdefault(mr.data["sha"], dict(self._tree_of(project, base)))
         project.branches[source] = mr.data["sha"]
         sha = self.commit_files(project_id, source, files, message="Change the policies")
+        mr.base_sha = base
         self.push(project_id, iid, sha)  # type: ignore[attr-defined]
-        mr.data["diff_refs"] = {"base_sha": base, "head_sha": sha, "start_sha": base}
         return sha
 
     def branch_sha(self, project_id: int, branch: str) -> str:
@@ -189,6 +189,13 @@ class Repository(Server):
         sha = self._branch_sha(project, ref) or ref
         if sha in project.trees:
             return project.trees[sha]
+        for mr in project.mrs.values():
+            # An MR's head, or its merge base, that no test committed files to: as if the
+            # source branch was made from its target branch as it is now.
+            target = mr.data["target_branch"]
+            synthetic_base = sha_for(f"base/{project.data['id']}/{target}")
+            if sha in (mr.data["sha"], synthetic_base) and target in project.branches:
+                return project.trees.get(project.branches[target], {})
         known = {b for b in (self._branch_sha(project, n) for n in self._branch_names(project))}
         known |= {str(mr.data["sha"]) for mr in project.mrs.values()}
         if sha in known or sha in project.commits:

@@ -41,6 +41,8 @@ class MergeRequest:
     approval_patch: dict[int, str | None] = field(default_factory=dict)
     # The MR's diff versions (merge_request_diffs), oldest first; one per head GitLab recorded.
     versions: list[JSON] = field(default_factory=list)
+    # The merge base, when a test made the source branch from a real commit (propose_files).
+    base_sha: str | None = None
     # Approval resets GitLab has scheduled but not run yet: (due on FakeGitLab.now(), head SHA).
     pending_resets: list[tuple[float, str]] = field(default_factory=list)
 
