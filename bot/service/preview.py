@@ -181,13 +181,14 @@ def policy_check(layer_label: str, checked: Checked | None, found: Replay | None
     """The `status-check-policies` policy for one MR: its rules are the proposed files
     loading, their test cases passing, and the preview (which always holds: it informs)."""
     if checked is None or found is None:
-        rules: tuple[_Fixed, ...] = (
-            _Fixed(
-                "unchanged",
-                Outcome("unchanged", True, f"this MR does not change {FOLDER}/"),
-            ),
+        unchanged = Outcome("unchanged", False, f"this MR does not change {FOLDER}/")
+        return Policy(
+            check=POLICY_CHECK,
+            path="built in",
+            digest="",
+            rules=(_Fixed("unchanged", Outcome("unchanged", True, "nothing to check")),),
+            applies_to=(_Fixed("unchanged", unchanged),),
         )
-        return Policy(check=POLICY_CHECK, path="built in", digest="", rules=rules)
     fix = f"correct the files of {FOLDER}/ on this MR's branch"
     load = Outcome(
         "proposed files load",
@@ -197,20 +198,28 @@ def policy_check(layer_label: str, checked: Checked | None, found: Replay | None
         else "the proposed policies do not load: " + "; ".join(checked.problems[:10]),
         fix=None if not checked.problems else fix,
     )
+    # A problem `validate` found is shown once, under the files, not again as a test ERROR.
+    failed = [f for f in checked.failed if f.removeprefix("ERROR ") not in checked.problems]
+    if failed:
+        said = f"{len(failed)} test cases fail: " + "; ".join(failed[:10])
+    elif checked.failed:
+        said = "the test cases cannot run until the files load"
+    else:
+        said = f"{checked.passed} test cases pass"
     tests = Outcome(
         "proposed test cases pass",
         not checked.failed,
-        f"{checked.passed} test cases pass"
-        if not checked.failed
-        else f"{len(checked.failed)} test cases fail: " + "; ".join(checked.failed[:10]),
-        fix=None if not checked.failed else "make the cases pass, or correct the policies",
+        said,
+        fix="make the cases pass, or correct the policies" if failed else None,
     )
     flips = tuple(Outcome(flip.check, True, flip.line) for flip in found.flips)
-    summary = (
-        f"{len(found.flips)} verdicts of open MRs would change"
-        if found.flips
-        else f"no verdict of the {found.examined} open MRs looked at would change"
-    )
+    flipped = len(found.flips)
+    if flipped == 1:
+        summary = "1 verdict of an open MR would change"
+    elif flipped:
+        summary = f"{flipped} verdicts of open MRs would change"
+    else:
+        summary = f"no verdict of the {found.examined} open MRs looked at would change"
     if found.left_out:
         summary += f" ({found.left_out} more open MRs not looked at)"
     if found.unreadable:

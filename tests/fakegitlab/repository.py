@@ -191,11 +191,15 @@ class Repository(Server):
             return project.trees[sha]
         for mr in project.mrs.values():
             # An MR's head, or its merge base, that no test committed files to: as if the
-            # source branch was made from its target branch as it is now.
+            # source branch was made from its target branch as it was when first looked at
+            # (a commit never changes after).
             target = mr.data["target_branch"]
             synthetic_base = sha_for(f"base/{project.data['id']}/{target}")
-            if sha in (mr.data["sha"], synthetic_base) and target in project.branches:
-                return project.trees.get(project.branches[target], {})
+            if sha in (mr.data["sha"], synthetic_base):
+                current = project.trees.get(project.branches.get(target, ""), {})
+                for pinned in (mr.data["sha"], synthetic_base):
+                    project.trees.setdefault(pinned, dict(current))
+                return project.trees[sha]
         known = {b for b in (self._branch_sha(project, n) for n in self._branch_names(project))}
         known |= {str(mr.data["sha"]) for mr in project.mrs.values()}
         if sha in known or sha in project.commits:
