@@ -4,6 +4,7 @@ central floors, end to end: the bot as a real server, the fake GitLab as a real 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from bot.service.app import RECORD
 from tests import payloads
 from tests.builders import seed_mr
-from tests.conftest import Bot, eventually, write_policies
+from tests.conftest import Bot, eventually, get, link, write_policies
 from tests.fakegitlab import FakeGitLab
 
 CENTRAL = {
@@ -116,6 +117,44 @@ async def test_the_target_branch_decides_and_the_source_branch_cannot_change_its
     ]
     assert rows["reviewed"]["policy_path"] == f"repository {FOLDER}/r.yml@{sha}"
     assert rows["labelled"]["policy_path"].endswith("central/size.yml")  # the repo is silent
+    # The details page shows the same layers, rule by rule.
+    status, page, _ = await get(bot, link(bot))
+    assert status == 200
+    assert f"[repository {FOLDER}/title.yml@{sha}]" in page
+    assert f"[central {tmp_path}/central/title.yml]" in page
+
+
+async def test_the_mr_note_says_which_layer_a_failing_rule_came_from(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    seed_mr(gitlab, ["conventional-title"], title="chore: x")
+    main = gitlab.commit_files(1, "main", {f"{FOLDER}/title.yml": TICKET + "comment: on_failure\n"})
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    [note] = notes_on(gitlab, 1)
+    assert (
+        f'- ✗ `ticket in title — title: "chore: x" does not match ACME-[0-9]+ '
+        f"[repository {FOLDER}/title.yml@{main[:12]}]`" in note
+    )
+    assert "[central " not in note  # `chore:` holds centrally: only the team's rule fails
+
+
+async def test_a_lost_push_hook_is_healed_after_repository_policy_ttl(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """No Push Hook arrives for a change of main's policies: within REPOSITORY_POLICY_TTL the
+    bot judges by what it read; after it, the next evaluation reads main's head again."""
+    seed_mr(gitlab, CHECKS, labels=["team"])
+    gitlab.commit_files(1, "main", {f"{FOLDER}/r.yml": REVIEWED})
+    bot = await start(tmp_path, start_bot, repository_policy_ttl=0.5)
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1)["reviewed"] == "failed"
+    gitlab.commit_files(1, "main", {f"{FOLDER}/r.yml": REVIEWED.replace("reviewed]", "team]")})
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1)["reviewed"] == "failed"  # the head is still trusted
+    await asyncio.sleep(0.6)
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1)["reviewed"] == "passed"
 
 
 async def test_a_broken_repository_file_fails_its_check_with_file_and_line_and_nothing_else(
