@@ -9,6 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bot.__main__ import main
 from bot.service.app import RECORD
 from tests import payloads
 from tests.builders import seed_mr
@@ -398,4 +401,38 @@ async def test_the_preview_of_a_policy_mr_is_bounded_and_read_once_per_head(
     await deliver(bot, gitlab)
     assert [c.path for c in gitlab.calls_to("GET", "/status_checks")] == [
         "/api/v4/projects/1/merge_requests/1/status_checks"
+    ]
+
+
+async def test_history_rules_show_the_layer_of_every_rule(
+    gitlab: FakeGitLab,
+    start_bot: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`python -m bot history --rules` prints each decision's policy (both layers) and every
+    rule with the layer it came from, from STATE_DIR alone."""
+    seed_mr(gitlab, ["conventional-title"])
+    main_sha = gitlab.commit_files(1, "main", {f"{FOLDER}/title.yml": TICKET})
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    await bot.app[RECORD].flush()
+    for name in ("GITLAB_URL", "GITLAB_TOKEN", "GITLAB_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STATE_DIR", str(bot.settings.state_dir))
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["history", "acme/app!1", "--rules"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    central = f"{tmp_path}/central/title.yml"
+    repository = f"{FOLDER}/title.yml@{main_sha[:12]}"
+    assert lines[2:] == [
+        f"    policy: central {central} + repository {repository}",
+        f"    ✓ central {central}: the only rule holds",
+        '      ✓ title: "feat: add login" matches ^(feat|fix|docs|chore)(\\(.+\\))?:  '
+        f"[central {central}]",
+        f"    ✗ repository {repository}: ticket in title — "
+        'title: "feat: add login" does not match ACME-[0-9]+',
+        '      ✗ ticket in title — title: "feat: add login" does not match ACME-[0-9]+ '
+        f"[repository {repository}]",
     ]
