@@ -277,12 +277,14 @@ class PolicyMRs:
         """The check's policy for this MR; GitLab failing makes it wait (failed, undecided)."""
         try:
             return await self._policy_for(facts, mr)
-        except GitLabError as exc:
-            log.warning("policy_preview_unreadable", mr=facts.iid, error=exc.advice())
+        except (GitLabError, OSError) as exc:
+            # OSError: the scratch folder for `validate`/`test` failed (a full disk): wait too.
+            reason = exc.advice() if isinstance(exc, GitLabError) else f"{type(exc).__name__}"
+            log.warning("policy_preview_unreadable", mr=facts.iid, error=reason)
             waiting = Outcome(
                 "proposed policies",
                 False,
-                f"waiting for the proposed policies: {exc.advice()}",
+                f"waiting for the proposed policies: {reason}",
                 fix="nothing to do if GitLab recovers: the bot looks again by itself",
                 wake_at=facts.now + dt.timedelta(seconds=RETRY_SECONDS),
                 unknown=True,
