@@ -43,11 +43,15 @@ def bot_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "bot", *args]
 
 
-def run_bot(*args: str, timeout: float = 30, **settings: Any) -> subprocess.CompletedProcess[str]:
+def run_bot(
+    *args: str | Path, timeout: float = 60, cwd: Path = REPO, **settings: Any
+) -> subprocess.CompletedProcess[str]:
+    """`python -m bot ...` as a user's shell or a CI job runs it: only the given settings in the
+    environment (the repository importable from any `cwd`)."""
     return subprocess.run(
-        bot_cmd(*args),
-        cwd=REPO,
-        env=clean_env(**settings),
+        bot_cmd(*map(str, args)),
+        cwd=cwd,
+        env=clean_env(PYTHONPATH=str(REPO), **settings),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -5,9 +5,6 @@ shown in the README exactly as it is in the repository."""
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import yaml
 
 from bot.policy import load_policy_dir, run_tests
 from bot.policy.loader import is_test_file, policy_files
+from tests.processes import run_bot as bot
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "policies"
@@ -24,20 +22,6 @@ README = REPO / "README.md"
 
 def recipes() -> list[Path]:
     return policy_files(COOKBOOK)
-
-
-def bot(*args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m bot ...` from the repository's root, as a policy repository's CI runs it:
-    no GitLab settings, so nothing is checked against a GitLab."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_the_cookbook_holds_six_to_eight_recipes_each_with_cases() -> None:

@@ -5,11 +5,11 @@ given; one mistake counts once in `test`."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
+
+from tests.processes import run_bot as bot
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "policies"
@@ -32,19 +32,6 @@ cases:
     mr: {changed_files: [{path: a.py, additions: 900}]}
     expect: {verdict: failed, failing: [small enough]}
 """
-
-
-def bot(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """`python -m bot ...` with only what a CI job's shell would have."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *map(str, args)],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def write(folder: Path, files: dict[str, str]) -> Path:

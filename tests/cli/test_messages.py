@@ -6,10 +6,7 @@ rejected token from an unreachable GitLab."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +17,7 @@ import pytest
 from bot.policy import PolicyLoadError, load_policy_text
 from tests.conftest import TOKEN
 from tests.fakegitlab import FakeGitLab
+from tests.processes import run_bot as bot
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "policies"
@@ -30,19 +28,6 @@ def problems_of(text: str) -> list[str]:
     with pytest.raises(PolicyLoadError) as caught:
         load_policy_text(textwrap.dedent(text).lstrip("\n"), "p.yml")
     return [f"{problem.line}: {problem.message}" for problem in caught.value.problems]
-
-
-def bot(*args: str, **settings: Any) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-    env.update({key: str(value) for key, value in settings.items()})
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 # -- regexes -------------------------------------------------------------------------------------

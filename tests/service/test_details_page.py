@@ -6,10 +6,7 @@ holds"; a not-applicable check without a red mark; `history` in aligned columns 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,6 +18,7 @@ from bot.service.links import signed_link
 from tests import payloads
 from tests.conftest import Bot, write_policies
 from tests.fakegitlab import FakeGitLab
+from tests.processes import run_bot as bot_command
 
 REPO = Path(__file__).resolve().parents[2]
 SHA = "7" * 40
@@ -131,19 +129,6 @@ async def test_the_page_sums_up_lists_failing_first_and_shows_code_as_code(
     assert "passed" in release["class"]
     assert release["rows"] == [["not-applicable"]]
     assert "✗" not in release["text"] and "○" in release["text"]
-
-
-def bot_command(*args: str, **settings: Any) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-    env.update({key: str(value) for key, value in settings.items()})
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_history_prints_aligned_columns_under_a_header(
