@@ -98,6 +98,7 @@ class RepositoryPolicies:
         self.gitlab = gitlab
         self.ttl = ttl
         self.clock = clock
+        self.retry_base = RETRY_BASE  # seconds before reading again after a failure (doubling)
         self._heads = _Memory()  # (project, branch) -> (sha, read at)
         self._layers = _Memory()  # (project, sha) -> RepositoryLayer
         self._files = _Memory()  # (project, sha) -> ((path, blob id), ...)
@@ -118,7 +119,7 @@ class RepositoryPolicies:
         except GitLabError as exc:
             failures = self._failures.get(slot, 0) + 1
             self._failures.remember(slot, failures)
-            retry = min(MAX_RETRY, RETRY_BASE * 2 ** (failures - 1))
+            retry = min(MAX_RETRY, self.retry_base * 2 ** (failures - 1))
             if not exc.transient:
                 retry = max(retry, min(self.ttl, MAX_RETRY))
             problem = f"reading `{branch}`: {exc.advice()}"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot.__main__ import main
-from bot.service.app import RECORD
+from bot.service.app import EVALUATOR, RECORD
 from tests import payloads
 from tests.builders import seed_mr
 from tests.conftest import Bot, eventually, get, link, write_policies
@@ -213,6 +213,7 @@ async def test_unreadable_repository_policies_fail_closed_and_the_bot_looks_agai
     gitlab.commit_files(1, "main", {f"{FOLDER}/r.yml": REVIEWED})
     gitlab.fail(503, times=4, path_contains="/repository/branches/")  # every retry of one read
     bot = await start(tmp_path, start_bot)
+    bot.app[EVALUATOR].repository.retry_base = 0.5  # the product's 5 s, shortened
     await deliver(bot, gitlab)
     assert gitlab.statuses(1, 1) == {
         "conventional-title": "passed",
