@@ -5,6 +5,7 @@ central floors, end to end: the bot as a real server, the fake GitLab as a real 
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from bot.__main__ import main
+from bot.cli.explain import explain
 from bot.service.app import EVALUATOR, RECORD
 from tests import payloads
 from tests.builders import seed_mr
@@ -437,3 +439,28 @@ async def test_history_rules_show_the_layer_of_every_rule(
         '      ✗ ticket in title — title: "feat: add login" does not match ACME-[0-9]+ '
         f"[repository {repository}]",
     ]
+
+
+async def test_explain_judges_with_the_target_branchs_layers(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """`explain` reads main's repository policies as the service does (GET only) and shows
+    each rule's layer."""
+    seed_mr(gitlab, CHECKS, labels=["team"])
+    main_sha = gitlab.commit_files(1, "main", {f"{FOLDER}/title.yml": TICKET})
+    bot = await start(tmp_path, start_bot)
+    gitlab.reset_calls()
+    out = io.StringIO()
+    code = await asyncio.to_thread(explain, bot.settings, "acme/app!1", color=False, out=out)
+    assert code == 0
+    text = out.getvalue()
+    assert "repository policies of main (1 file)" in text
+    assert (
+        f"conventional-title (central {tmp_path}/central/title.yml + repository "
+        f"{FOLDER}/title.yml@{main_sha[:12]})" in text
+    )
+    assert (
+        f'    ✗ ticket in title — title: "feat: add login" does not match ACME-[0-9]+ '
+        f"[repository {FOLDER}/title.yml@{main_sha[:12]}]\n" in text
+    )
+    assert {c.method for c in gitlab.calls} == {"GET"}
