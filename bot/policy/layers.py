@@ -30,7 +30,7 @@ from typing import Literal
 from bot.policy.evaluate import evaluate
 from bot.policy.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
 from bot.policy.loader import Claim, check_duplicates, compile_policy, is_policy_file, is_test_file
-from bot.policy.model import Outcome, Policy, PolicyProblem, PolicySet
+from bot.policy.model import Outcome, Policy, PolicyProblem, PolicySet, judge_rule
 
 FOLDER = ".gitlab/status-checks"
 MAX_FILES = 100  # policy and test files read from one folder; more is a problem, not a read
@@ -211,6 +211,34 @@ class Unreadable:
         )
 
 
+@dataclass
+class LayersApply:
+    """The scope of a layered check: it applies when any layer's `applies_to` takes the MR, so
+    an MR every layer leaves out is `not applicable` (as with one policy), never "rules hold"."""
+
+    layers: tuple[LayerRule, ...]
+    name: str = "applies_to"
+    line: int = 1
+
+    @property
+    def needs(self) -> FactNeeds:
+        needs = NO_NEEDS
+        for layer in self.layers:
+            for rule in layer.policy.applies_to:
+                needs = needs | rule.needs
+        return needs
+
+    def evaluate(self, facts: MergeRequestFacts) -> Outcome:
+        reasons = []
+        for layer in self.layers:
+            judged = (judge_rule(rule, facts) for rule in layer.policy.applies_to)
+            out = next((o for o in judged if not o.passed and not o.unknown), None)
+            if out is None:
+                return Outcome(self.name, True, f"{layer.name} applies")
+            reasons.append(f"{layer.name}: {out.evidence}")
+        return Outcome(self.name, False, "; ".join(reasons))
+
+
 # -- the decided set ------------------------------------------------------------------------------
 
 Layer = LayerRule | BrokenFile | Unreadable
@@ -236,6 +264,9 @@ def stacked(check: str, layers: Sequence[Layer], central: Policy | None) -> Poli
         digest.update(layer.name.encode() + b"\0")
         if isinstance(layer, LayerRule):
             digest.update(layer.policy.digest.encode())
+    scoped = [layer for layer in layers if isinstance(layer, LayerRule)]
+    every_scoped = len(scoped) == len(layers) and all(r.policy.applies_to for r in scoped)
+    applies_to = (LayersApply(tuple(scoped)),) if every_scoped else ()
     description = next((p.description for p in policies if p.description), "")
     if not description and central is not None:
         description = central.description
@@ -244,6 +275,7 @@ def stacked(check: str, layers: Sequence[Layer], central: Policy | None) -> Poli
         path=" + ".join(layer.name for layer in layers),
         digest=digest.hexdigest(),
         rules=tuple(layers),
+        applies_to=applies_to,
         description=description,
         mode="advisory" if advisory else "enforce",
         comment=comment,

@@ -193,3 +193,31 @@ def test_unreadable_policies_hold_the_checks_a_repository_may_define_and_no_othe
         assert verdict.wake_at == retry
         assert verdict.outcome is not None and verdict.outcome.unknown
         assert "waiting for the repository policies: reading `main`" in verdict.reason
+
+
+def test_a_check_every_layer_leaves_out_is_not_applicable_and_one_layer_in_scope_decides() -> None:
+    floor = central(
+        "check: docs\napplies_to:\n  target_branches: [main]\nrequire:\n  - draft: false\n"
+    )
+    layer = compile_layer(
+        SHA,
+        repository(
+            docs="""
+            check: docs
+            applies_to:
+              target_branches: ["release/*"]
+            require:
+              - labels: {any: [docs]}
+            """
+        ),
+    )
+    policies = layered(floor, layer)
+    outside = verdict_of(policies, "docs", target_branch="develop")
+    assert (outside.status, outside.applicable) == ("passed", False)
+    assert outside.reason == (
+        "not applicable: central policies/p0.yml: target branch develop is not one of main; "
+        f"repository {FOLDER}/docs.yml@{SHA[:12]}: target branch develop is not one of release/*"
+    )
+    release = verdict_of(policies, "docs", target_branch="release/1")
+    assert (release.status, release.applicable) == ("failed", True)
+    assert release.reason == f"labels: has none of docs [repository {FOLDER}/docs.yml@{SHA[:12]}]"
