@@ -72,17 +72,34 @@ class Resolved:
                 last_known=self.last_known,
                 listed=listed,
             )
-        return layered(central, self.layer)
+        if self.layer is None or not self.layer.checks:
+            return central
+        paths = tuple(policy.path for policy in central.policies)
+        slot = (central.digest, paths, self.layer.sha, self.layer.digest)
+        known = _LAYERED.get(slot)
+        if known is None:
+            known = layered(central, self.layer)
+            _LAYERED.remember(slot, known)
+        return known
 
 
 class _Memory(OrderedDict[Any, Any]):
     """A bounded mapping: the oldest entry goes when it is full."""
 
+    def __init__(self, size: int = MEMORY) -> None:
+        super().__init__()
+        self.size = size
+
     def remember(self, key: Any, value: Any) -> None:
         self.pop(key, None)
         self[key] = value
-        while len(self) > MEMORY:
+        while len(self) > self.size:
             self.popitem(last=False)
+
+
+# Decided sets by (central digest and paths, commit, folder digest): built once, not per
+# evaluation.
+_LAYERED = _Memory(256)
 
 
 class RepositoryPolicies:
