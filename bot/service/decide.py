@@ -211,7 +211,9 @@ class Evaluator:
     async def _on_push(self, key: PushKey) -> None:
         """A branch moved: forget its head, and when the policies it holds changed, judge the
         open MRs that target it again (the push itself is a hint: GitLab says what changed)."""
-        if self.repository is None:
+        if self.repository is None or not self.repository.has_read(key.project_id, key.branch):
+            # Nothing judged here used that branch's policies: the next evaluation of an MR
+            # targeting it reads them anyway (and the start-up sweep covers a restart).
             return
         before = self.repository.known_layer(key.project_id, key.branch)
         self.repository.forget_branch(key.project_id, key.branch)

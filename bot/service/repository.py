@@ -153,6 +153,12 @@ class RepositoryPolicies:
         self._known.remember(slot, layer.checks)
         return Resolved(branch, layer=layer, last_known=layer.checks)
 
+    def has_read(self, project: int, branch: str) -> bool:
+        """Whether this process judged anything by `branch`'s policies (a push to a branch no
+        MR it judged targets, a source branch, costs nothing)."""
+        slot = (project, branch)
+        return slot in self._known or slot in self._heads
+
     def forget_branch(self, project: int, branch: str) -> None:
         """A Push Hook says `branch` moved: read its head again next time."""
         self._heads.pop((project, branch), None)

@@ -464,3 +464,20 @@ async def test_explain_judges_with_the_target_branchs_layers(
         f"[repository {FOLDER}/title.yml@{main_sha[:12]}]\n" in text
     )
     assert {c.method for c in gitlab.calls} == {"GET"}
+
+
+async def test_a_push_to_a_branch_no_judged_mr_targets_costs_nothing(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A push to an MR's source branch (the Merge Request Hook brings that change) makes no
+    request for repository policies: the bot never judged anything by that branch's."""
+    seed_mr(gitlab, CHECKS, labels=["team"])
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    before = gitlab.branch_sha(1, "feature")
+    after = gitlab.commit_files(1, "feature", {"src/app.py": "x = 1\n"})
+    gitlab.reset_calls()
+    status, _ = await bot.deliver(gitlab.push_hook(1, "feature", before, after), event="Push Hook")
+    assert status == 202
+    await bot.settle()
+    assert gitlab.calls == []
