@@ -19,6 +19,7 @@ import aiohttp
 import gidgetlab.aiohttp
 from gidgetlab import exceptions as gl_exc
 from gidgetlab import sansio
+from multidict import CIMultiDict
 
 from bot.gitlab import compat
 from bot.gitlab.compat import ASSUMED_VERSION, Version
@@ -277,6 +278,12 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
                 # gidgetlab expects a JSON body on 422 and raises AttributeError without one.
                 data = b'{"message": "422 Unprocessable Entity"}'
                 resp_headers = {**resp_headers, "content-type": "application/json"}
+            elif status == 200 and _path_of(url).endswith("/raw"):
+                # A file's bytes are bytes: gidgetlab would decode GitLab's `text/plain` as
+                # UTF-8 and fail on a Latin-1 policy file, which is the file's problem (the
+                # loader reports it at file:line), not GitLab's.
+                resp_headers = CIMultiDict(resp_headers)
+                resp_headers["Content-Type"] = "application/octet-stream"
             elif status == 400:
                 # Grape's parameter errors are {"error": "status is missing"}; gidgetlab only
                 # reads "message", and the operator (and the version probe) want the reason.

@@ -10,9 +10,8 @@ target branch). Central policies (POLICY_DIR) are floors
   make advisory the central ones;
 - a central policy with `replaceable: true` is replaced by the repository's;
 - a repository file that does not load fails the checks it defines with `file:line: message`;
-- repository policies that cannot be read (GitLab failed) fail, undecided, the checks they may
-  define: every check without a central floor, replaceable floors, and the floors the last
-  policies read from that branch added to.
+- repository policies that cannot be read (GitLab failed) fail, undecided, every check: they
+  could add rules to any of them; a central floor is still judged but cannot pass it alone.
 
 Every rule of a layered check says which layer it came from (the central file, or the repository
 path@sha), so the explanation, the details page, the MR note and `history` all show it.
@@ -29,10 +28,18 @@ from typing import Literal
 
 from bot.policy.evaluate import evaluate
 from bot.policy.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
-from bot.policy.loader import Claim, check_duplicates, compile_policy, is_policy_file, is_test_file
+from bot.policy.loader import (
+    REPOSITORY_FOLDER,
+    REPOSITORY_REPLACEABLE,
+    Claim,
+    check_duplicates,
+    compile_policy,
+    is_policy_file,
+    is_test_file,
+)
 from bot.policy.model import Outcome, Policy, PolicyProblem, PolicySet, judge_rule
 
-FOLDER = ".gitlab/status-checks"
+FOLDER = REPOSITORY_FOLDER
 MAX_FILES = 100  # policy and test files read from one folder; more is a problem, not a read
 VALIDATE_FIX = (
     "fix the file on the target branch (by merge request); "
@@ -99,11 +106,7 @@ def compile_layer(sha: str, files: Iterable[tuple[str, bytes]]) -> RepositoryLay
         if ctx.check is not None:
             claims.append(Claim(ctx.check[0], path, ctx.check[1]))
         if policy is not None and policy.replaceable:
-            ctx.problems.append(
-                PolicyProblem(
-                    path, policy.line, "`replaceable` is for central policies: remove it here"
-                )
-            )
+            ctx.problems.append(PolicyProblem(path, policy.line, REPOSITORY_REPLACEABLE))
             policy = None
         if policy is None or ctx.problems:
             broken.setdefault(check, []).extend(ctx.problems)
@@ -301,17 +304,16 @@ def layered(
 ) -> PolicySet:
     """The policies deciding each check, the repository's `layer` over the `central` floors.
 
-    `unreadable`: why the repository policies could not be read; the checks they may define
-    (`listed` checks without a floor, replaceable floors, and the floors `last_known` checks of
-    the branch added to) are then undecided until `retry_at`. Checks the repository does not
-    touch keep their central Policy object as it is."""
+    `unreadable`: why the repository policies could not be read. They may add rules to any
+    check, so every `listed` check (and every check the branch's policies defined when last
+    read) is undecided until `retry_at`: its central floor is still judged, and can fail it,
+    but cannot pass it alone (README "Policies in your repository"). Checks the repository
+    does not touch keep their central Policy object as it is."""
     by_check: dict[str, Policy] = dict(central.by_check)
     if unreadable is not None:
         where = f"{FOLDER} (unreadable)"
         for check in {*listed, *last_known}:
             floor = central.get(check)
-            if floor is not None and not floor.replaceable and check not in last_known:
-                continue
             layers: list[Layer] = []
             if floor is not None and not floor.replaceable:
                 layers.append(LayerRule(central_label(floor), floor))

@@ -278,6 +278,16 @@ def load_policy_dir(path: str | Path) -> PolicySet:
     )
 
 
+REPOSITORY_FOLDER = ".gitlab/status-checks"  # README "Policies in your repository"
+REPOSITORY_REPLACEABLE = "`replaceable` is for central policies: remove it here"
+
+
+def in_repository_folder(path: str | Path) -> bool:
+    """A file of a checked-out repository's policy folder (`validate` then judges it as the
+    bot will read it from the target branch)."""
+    return f"/{REPOSITORY_FOLDER}/" in Path(path).absolute().as_posix()
+
+
 def validate_paths(paths: list[str]) -> list[PolicyProblem]:
     """Every problem in the given policy files and folders and in the test files they hold
     (given, or in a given folder beside its policies or under its `tests/`), each once."""
@@ -292,6 +302,11 @@ def validate_paths(paths: list[str]) -> list[PolicyProblem]:
         loaded = load_folder(path)  # a folder, or one policy file
         problems += loaded.problems
         claims += loaded.claims
+        problems += [
+            PolicyProblem(policy.path, policy.line, REPOSITORY_REPLACEABLE)
+            for policy in loaded.policies
+            if policy.replaceable and in_repository_folder(policy.path)
+        ]
     problems += check_duplicates(claims)
     cache = PolicyCache()
     tests, _ = discover(paths)

@@ -169,9 +169,11 @@ def test_files_outside_the_folder_or_test_files_are_not_policies() -> None:
     assert layer.checks == frozenset() and layer.files == ()
 
 
-def test_unreadable_policies_hold_the_checks_a_repository_may_define_and_no_other() -> None:
-    """No floor, a replaceable floor, or a floor the branch's last layer added to: undecided,
-    failed, waking at the retry time. A floor the repository never touched: judged as ever."""
+def test_unreadable_policies_hold_every_check_a_repository_may_add_rules_to() -> None:
+    """The repository may add rules to any check, so while it cannot be read none passes:
+    no floor, a replaceable floor, a floor the branch's last layer added to, and a floor it
+    never touched are all undecided, failed, waking at the retry time. A floor still fails
+    on its own rules."""
     retry = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     policies = layered(
         central(
@@ -186,13 +188,14 @@ def test_unreadable_policies_hold_the_checks_a_repository_may_define_and_no_othe
         listed=["security-review", "open", "added", "repo-only"],
     )
     labels = ["security-approved"]
-    assert verdict_of(policies, labels=labels).status == "passed"
-    for check in ("open", "added", "repo-only"):
+    for check in ("security-review", "open", "added", "repo-only"):
         verdict = verdict_of(policies, check, labels=labels)
         assert verdict.status == "failed", check
         assert verdict.wake_at == retry
         assert verdict.outcome is not None and verdict.outcome.unknown
         assert "waiting for the repository policies: reading `main`" in verdict.reason
+    floor_fails = verdict_of(policies, labels=[])
+    assert floor_fails.status == "failed" and "security-approved" in floor_fails.reason
 
 
 def test_a_check_every_layer_leaves_out_is_not_applicable_and_one_layer_in_scope_decides() -> None:

@@ -189,6 +189,27 @@ async def test_a_broken_repository_file_fails_its_check_with_file_and_line_and_n
     )
 
 
+async def test_a_repository_file_that_is_not_utf8_is_the_files_problem_not_gitlabs(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """GitLab serves a file's bytes as they are: a Latin-1 file fails its own check with
+    `file:1:` and the fix, at once, instead of being taken for a GitLab failure and retried."""
+    seed_mr(gitlab, CHECKS, labels=["team", "reviewed"])
+    latin1 = "check: reviewed\ndescription: Revue demand\xe9e\nrequire:\n  - draft: false\n"
+    # Unreadable text names no `check:`, so the file name does (reviewed.yml).
+    gitlab.commit_files(1, "main", {f"{FOLDER}/reviewed.yml": latin1.encode("latin-1")})
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1) == {
+        "conventional-title": "passed",
+        "labelled": "passed",
+        "reviewed": "failed",
+    }
+    rows = await latest(bot)
+    assert f"{FOLDER}/reviewed.yml:1: the file is not UTF-8 text" in rows["reviewed"]["reason"]
+    assert rows["reviewed"]["wake_at"] is None
+
+
 async def test_a_replaceable_central_policy_gives_way_to_the_repositorys(
     gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -208,9 +229,10 @@ async def test_unreadable_repository_policies_fail_closed_and_the_bot_looks_agai
     gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
 ) -> None:
     """GitLab fails the branch read: the check only the repository defines, and the
-    replaceable central one, are `failed` "waiting for the repository policies" (never passed,
-    never left pending); the central floor the repository never touched goes on; once GitLab
-    answers the bot finds the policies by itself."""
+    replaceable central one, and the central floor the repository never touched (the new
+    head could add rules to it) are `failed` "waiting for the repository policies" (never
+    passed, never left pending); once GitLab answers the bot finds the policies by itself and
+    every check is judged again."""
     seed_mr(gitlab, CHECKS, labels=["team", "reviewed"])
     gitlab.commit_files(1, "main", {f"{FOLDER}/r.yml": REVIEWED})
     gitlab.fail(503, times=4, path_contains="/repository/branches/")  # every retry of one read
@@ -218,7 +240,7 @@ async def test_unreadable_repository_policies_fail_closed_and_the_bot_looks_agai
     bot.app[EVALUATOR].repository.retry_base = 0.5  # the product's 5 s, shortened
     await deliver(bot, gitlab)
     assert gitlab.statuses(1, 1) == {
-        "conventional-title": "passed",
+        "conventional-title": "failed",
         "labelled": "failed",
         "reviewed": "failed",
     }
@@ -230,6 +252,7 @@ async def test_unreadable_repository_policies_fail_closed_and_the_bot_looks_agai
     assert rows["reviewed"]["wake_at"] is not None
     await eventually(lambda: gitlab.statuses(1, 1)["reviewed"] == "passed", limit=15)
     assert gitlab.statuses(1, 1)["labelled"] == "passed"
+    assert gitlab.statuses(1, 1)["conventional-title"] == "passed"
 
 
 async def test_repository_policies_cost_no_request_until_the_target_branch_moves(
