@@ -14,12 +14,13 @@ from bot.cli import (
     link,
     migrate,
     policy_tests,
+    preview,
     register,
     serve,
     validate,
 )
 
-COMMANDS = (serve, validate, policy_tests, explain, register, history, link, migrate)
+COMMANDS = (serve, validate, policy_tests, explain, preview, register, history, link, migrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

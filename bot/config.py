@@ -51,6 +51,9 @@ class Settings:
     # Seconds between SIGTERM and closing the listener, during which /readyz says "draining"
     # (503) while deliveries are still served: a load balancer stops sending first.
     drain_delay: float = 0.0
+    # Policies kept in projects' repositories (docs/architecture.md#repository-policies).
+    repository_policies: bool = True
+    repository_policy_ttl: float = 300.0
 
     def __repr__(self) -> str:
         # Never let a token reach a log line or a traceback through repr().
@@ -226,4 +229,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         approval_settle_seconds=_number(env, "APPROVAL_SETTLE_SECONDS", 30, minimum=10),
         database_url=_database_url(env),
         drain_delay=_number(env, "DRAIN_DELAY", 0, minimum=0),
+        repository_policies=_choice(env, "REPOSITORY_POLICIES", "on", ("on", "off")) == "on",
+        repository_policy_ttl=_number(env, "REPOSITORY_POLICY_TTL", 300, minimum=1),
     )

@@ -34,6 +34,16 @@ class BranchKey:
 
 
 @dataclass(frozen=True)
+class PushKey(BranchKey):
+    """A push to a branch (Push Hook): the repository policies it holds may have changed, so
+    the MRs that target it may need judging again (docs/architecture.md#repository-policies).
+    A BranchKey to the queue, but never equal to one: a push and a pipeline do not coalesce."""
+
+    def __str__(self) -> str:
+        return f"{self.project_id}:push:{self.branch}"
+
+
+@dataclass(frozen=True)
 class Hint:
     """What a delivery said about the MR (untrusted), and why it was queued."""
 

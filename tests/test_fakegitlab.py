@@ -798,3 +798,75 @@ async def test_an_approval_given_after_the_push_survives_the_reset_from_17_0() -
             assert fake.approvers(1, 7) == (["dave"] if survives else [])
         finally:
             await fake.close()
+
+
+# -- the repository (tests/fakegitlab/repository.py) ---------------------------------------------
+
+
+async def _get(
+    session: aiohttp.ClientSession, fake: FakeGitLab, path: str
+) -> tuple[int, Any, dict[str, str]]:
+    async with session.get(f"{fake.api_url}{path}", headers=headers(fake)) as resp:
+        body = await (resp.json() if resp.content_type == "application/json" else resp.read())
+        return resp.status, body, dict(resp.headers)
+
+
+async def test_repository_branches_trees_and_raw_files_answer_as_gitlab_does(
+    fake: FakeGitLab, session: aiohttp.ClientSession
+) -> None:
+    """Shapes and errors of lib/api/branches.rb, lib/api/repositories.rb and lib/api/files.rb:
+    the branch's `commit.id`, a branch name and a file path each one URL-encoded segment, the
+    tree's entries (blob id, type, path, mode; folders first) paginated, and the 404s."""
+    files = {f".gitlab/status-checks/p{n:02}.yml": f"check: p{n}\n" for n in range(25)}
+    sha = fake.commit_files(1, "release/1.0", {**files, ".gitlab/status-checks/t/x.test.yaml": "a"})
+    status, branch, _ = await _get(session, fake, "/projects/1/repository/branches/release%2F1.0")
+    assert status == 200 and branch["name"] == "release/1.0" and branch["commit"]["id"] == sha
+    status, body, _ = await _get(session, fake, "/projects/1/repository/branches/gone")
+    assert (status, body) == (404, {"message": "404 Branch Not Found"})
+
+    path = f"/projects/acme%2Fapp/repository/tree?path=.gitlab/status-checks&ref={sha}"
+    status, first, head = await _get(session, fake, f"{path}&recursive=true")
+    assert status == 200 and len(first) == 20 and head["X-Next-Page"] == "2"
+    assert first[0] == {
+        "id": first[0]["id"],
+        "name": "t",
+        "type": "tree",
+        "path": ".gitlab/status-checks/t",
+        "mode": "040000",
+    }
+    status, rest, _ = await _get(session, fake, f"{path}&recursive=true&page=2")
+    paths = [e["path"] for e in first + rest if e["type"] == "blob"]
+    assert paths == [*sorted(files), ".gitlab/status-checks/t/x.test.yaml"]
+    status, flat, _ = await _get(session, fake, f"{path}&per_page=100")
+    assert ".gitlab/status-checks/t/x.test.yaml" not in [e["path"] for e in flat]
+    status, body, _ = await _get(session, fake, f"{path.split('&ref=')[0]}&ref=main")
+    assert (status, body) == (404, {"message": "404 invalid revision or path Not Found"})
+    status, body, _ = await _get(session, fake, f"{path.split('&ref=')[0]}&ref={'0' * 40}")
+    assert (status, body) == (404, {"message": "404 Tree Not Found"})
+
+    raw = "/projects/1/repository/files/.gitlab%2Fstatus-checks%2Fp03.yml/raw"
+    status, data, head = await _get(session, fake, f"{raw}?ref=release%2F1.0")
+    assert (status, data) == (200, b"check: p3\n")
+    assert head["X-Gitlab-Blob-Id"] == next(e["id"] for e in first if e["name"] == "p03.yml")
+    status, body, _ = await _get(session, fake, f"{raw}?ref=main")
+    assert (status, body) == (404, {"message": "404 File Not Found"})
+    status, body, _ = await _get(session, fake, f"{raw}?ref={'0' * 40}")
+    assert (status, body) == (404, {"message": "404 Commit Not Found"})
+
+
+async def test_the_push_hook_payload_has_gitlabs_shape(fake: FakeGitLab) -> None:
+    """lib/gitlab/data_builder/push.rb: object_kind push, refs/heads/<branch>, before/after,
+    checkout_sha, project_id and project, commits and their count."""
+    before = fake.branch_sha(1, "main")
+    after = fake.commit_files(1, "main", {"a.txt": "x"})
+    payload = fake.push_hook(1, "main", before, after)
+    assert {k: payload[k] for k in ("object_kind", "event_name", "ref", "before", "after")} == {
+        "object_kind": "push",
+        "event_name": "push",
+        "ref": "refs/heads/main",
+        "before": before,
+        "after": after,
+    }
+    assert payload["checkout_sha"] == after and payload["project_id"] == 1
+    assert payload["project"]["path_with_namespace"] == "acme/app"
+    assert payload["total_commits_count"] == len(payload["commits"]) == 1

@@ -22,7 +22,7 @@ from bot.keys import parse_reference
 from bot.policy import render_verdict
 from bot.policy.evaluate import applies, judge, needs_of
 from bot.policy.facts import FactNeeds, MergeRequestFacts
-from bot.policy.model import PolicyLoadError, Verdict
+from bot.policy.model import PolicyLoadError, PolicySet, Verdict
 from bot.policy.predicates.base import listing, plural
 from bot.service.policy_store import PolicyStore
 from bot.terminal import TerminalStream, printable
@@ -74,9 +74,14 @@ class Reading:
     listed_problem: str | None
     version: str
     requests: list[tuple[str, str]]
+    # The policies deciding each check: the central ones, under the target branch's repository
+    # policies (docs/architecture.md#repository-policies).
+    policies: PolicySet = dataclasses.field(default_factory=PolicySet)
+    # What was read of the target branch's repository policies, as `facts fetched` says it.
+    repository: str | None = None
 
 
-async def read_mr(settings: Settings, project: int | str, iid: int, policies: list[Any]) -> Reading:
+async def read_mr(settings: Settings, project: int | str, iid: int, central: PolicySet) -> Reading:
     """The MR and the facts its applicable policies need, through GET requests only."""
     import aiohttp
 
@@ -93,9 +98,25 @@ async def read_mr(settings: Settings, project: int | str, iid: int, policies: li
         await gitlab.detect_version()
         reference = f"{project}!{iid}"
         fetched: list[FactNeeds] = []
+        effective = [central]
+        repository: list[str] = []
 
-        def needs_for(facts: MergeRequestFacts, checks: Sequence[StatusCheck]) -> FactNeeds:
+        async def needs_for(facts: MergeRequestFacts, checks: Sequence[StatusCheck]) -> FactNeeds:
+            if settings.repository_policies and facts.target_branch:
+                from bot.service.repository import RepositoryPolicies
+
+                target = await RepositoryPolicies(gitlab).for_target(
+                    facts.project_id, facts.target_branch
+                )
+                names = [*central.by_check, *(c.name for c in checks)]
+                effective[0] = target.apply(central, names, facts.now)
+                files = len(target.layer.files) if target.layer is not None else 0
+                found = (
+                    "unreadable" if target.problem else plural(files, "file") if files else "none"
+                )
+                repository.append(f"repository policies of {facts.target_branch} ({found})")
             # Every policy, listed as a check or not: explain shows what each would say.
+            policies = effective[0].policies
             fetched.append(needs_of([p for p in policies if applies(p, facts)]))
             return fetched[-1]
 
@@ -124,6 +145,8 @@ async def read_mr(settings: Settings, project: int | str, iid: int, policies: li
             listed_problem=snapshot.checks_problem,
             version=str(gitlab.version),
             requests=requests,
+            policies=effective[0],
+            repository=repository[-1] if repository else None,
         )
 
 
@@ -220,8 +243,9 @@ def summary(verdicts: list[Verdict]) -> str:
 async def _explain(
     settings: Settings, project: int | str, iid: int, out: TextIO, color: bool
 ) -> int:
-    policy_set = PolicyStore(settings.policy_dir).load()
-    reading = await read_mr(settings, project, iid, list(policy_set.policies))
+    central = PolicyStore(settings.policy_dir).load()
+    reading = await read_mr(settings, project, iid, central)
+    policy_set = reading.policies
     facts = reading.facts
 
     # Everything from GitLab is made printable before it is coloured (bot/terminal.py); `out`
@@ -243,7 +267,8 @@ async def _explain(
     )
     if facts.web_url:
         print(dim(f"  {facts.web_url}"), file=out)
-    fetched = ", ".join(["MR", "status checks", *reading.fetched])
+    repository = [reading.repository] if reading.repository else []
+    fetched = ", ".join(["MR", "status checks", *repository, *reading.fetched])
     requests = plural(len(reading.requests), "request")
     print(
         f"\n{bold('facts fetched')}: {fetched} "

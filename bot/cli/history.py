@@ -18,6 +18,12 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("merge_request", metavar="PROJECT!IID")
     parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    parser.add_argument(
+        "--rules",
+        action="store_true",
+        help="under each decision, its policy and every rule with its evidence (and the layer "
+        "it came from: central file or repository path@sha)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -68,6 +74,30 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print(printable(f"no decisions recorded for {args.merge_request} in {settings.state_dir}"))
         return 0
-    for line in table(rows):
+    lines = table(rows)
+    print(lines[0])
+    for row, line in zip(rows, lines[1:], strict=True):
         print(line)
+        if args.rules:
+            for detail in rules(row):
+                print(printable(detail))
     return 0
+
+
+_MARKS = {"passed": "✓", "failed": "✗", "undecided": "?", "not_applicable": "○"}
+
+
+def rules(row: dict[str, Any]) -> list[str]:
+    """A recorded decision's policy and rule tree, indented under its line (`--rules`)."""
+    from bot.policy.explanation import explain_outcome
+    from bot.policy.model import Outcome
+
+    lines = [f"    policy: {row.get('policy_path') or '?'}"]
+    if not row.get("outcome"):
+        return lines
+    shown = explain_outcome(
+        Outcome.from_dict(row["outcome"]), applicable=bool(row.get("applicable", True))
+    )
+    for item in shown.rows:
+        lines.append(f"    {'  ' * item.depth}{_MARKS[item.mark]} {plain(item.text)}")
+    return lines

@@ -50,7 +50,9 @@ HOOK_EVENTS = {
     # Internal notes fire "Confidential Note Hook", only to hooks with this flag: without it a
     # /recheck in an internal note never reaches the bot.
     "confidential_note_events": True,
-    "push_events": False,
+    # A push to a target branch may change the policies kept in the repository
+    # (docs/architecture.md#repository-policies): the bot drops what it read of that branch.
+    "push_events": True,
 }
 PROJECTS_AT_ONCE = 4
 _GLOB_CHARS = frozenset("*?[")
@@ -81,6 +83,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--group", action="store_true", help="PROJECT_OR_GROUP names a group (for a numeric id)"
     )
+    parser.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also a status check NAME with no central policy: one a repository's "
+        ".gitlab/status-checks/ defines, or status-check-policies (repeatable)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -95,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         prune=args.prune,
         group=args.group,
         out=TerminalStream(sys.stdout),  # type: ignore[arg-type]
+        extra_checks=args.check,
     )
 
 
@@ -426,6 +437,7 @@ class Options:
     require: bool = False
     update_secrets: bool = False
     prune: bool = False
+    extra_checks: tuple[str, ...] = ()
 
 
 async def _first_error(*calls: Any) -> list[Any]:
@@ -590,6 +602,12 @@ async def run_register(
         raise RegisterError(f"POLICY_DIR {str(settings.policy_dir)!r} is not a folder", code=2)
     policy_set = PolicyStore(settings.policy_dir).load()
     policies = list(policy_set.policies)
+    for name in dict.fromkeys(options.extra_checks):
+        # Decided by a repository's policies (or status-check-policies): registered like a
+        # central policy's check, for every project and branch
+        # (docs/architecture.md#repository-policies).
+        if policy_set.get(name) is None:
+            policies.append(Policy(check=name, path="--check", digest="", rules=()))
     if not policies:
         raise RegisterError(f"POLICY_DIR {str(settings.policy_dir)!r} holds no policies")
     async with aiohttp.ClientSession() as session:
@@ -650,6 +668,7 @@ def register(
     prune: bool = False,
     group: bool = False,
     out: TextIO = sys.stdout,
+    extra_checks: Sequence[str] = (),
 ) -> int:
     """Entry point for `python -m bot register`."""
     from bot.gitlab.client import GitLabError
@@ -663,6 +682,7 @@ def register(
         require=require,
         update_secrets=update_secrets,
         prune=prune,
+        extra_checks=tuple(extra_checks),
     )
     try:
         if not url:

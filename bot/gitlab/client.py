@@ -19,6 +19,7 @@ import aiohttp
 import gidgetlab.aiohttp
 from gidgetlab import exceptions as gl_exc
 from gidgetlab import sansio
+from multidict import CIMultiDict
 
 from bot.gitlab import compat
 from bot.gitlab.compat import ASSUMED_VERSION, Version
@@ -277,6 +278,12 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
                 # gidgetlab expects a JSON body on 422 and raises AttributeError without one.
                 data = b'{"message": "422 Unprocessable Entity"}'
                 resp_headers = {**resp_headers, "content-type": "application/json"}
+            elif status == 200 and _path_of(url).endswith("/raw"):
+                # A file's bytes are bytes: gidgetlab would decode GitLab's `text/plain` as
+                # UTF-8 and fail on a Latin-1 policy file, which is the file's problem (the
+                # loader reports it at file:line), not GitLab's.
+                resp_headers = CIMultiDict(resp_headers)
+                resp_headers["Content-Type"] = "application/octet-stream"
             elif status == 400:
                 # Grape's parameter errors are {"error": "status is missing"}; gidgetlab only
                 # reads "message", and the operator (and the version probe) want the reason.
@@ -699,6 +706,51 @@ class GitLab:
             f"/projects/{project_ref(project)}/merge_requests",
             {"state": "opened", "source_branch": branch},
         )
+
+    async def merge_requests_for_target(
+        self, project: int | str, branch: str
+    ) -> list[dict[str, Any]]:
+        return await self.get_all(
+            f"/projects/{project_ref(project)}/merge_requests",
+            {"state": "opened", "target_branch": branch},
+        )
+
+    # -- the repository (policies kept in it: bot/service/repository.py) --------------------
+
+    async def branch_head(self, project: int | str, branch: str) -> str:
+        """The commit SHA `branch` points at (GET .../repository/branches/:branch, `commit.id`;
+        the name is one URL-encoded path segment)."""
+        answer = await self.get(
+            f"/projects/{project_ref(project)}/repository/branches/{quote(branch, safe='')}"
+        )
+        sha = (answer or {}).get("commit", {}).get("id") if isinstance(answer, dict) else None
+        if not isinstance(sha, str) or not sha:
+            raise GitLabError(502, "the branch answer names no commit", path="/branches")
+        return sha
+
+    async def tree(self, project: int | str, path: str, ref: str) -> list[dict[str, Any]]:
+        """Every entry under `path` at `ref`, recursively (GET .../repository/tree, paginated).
+        GitLab answers 404 for a folder that is not there (recent versions) or `[]` (older)."""
+        return await self.get_all(
+            f"/projects/{project_ref(project)}/repository/tree",
+            {"path": path, "ref": ref, "recursive": "true"},
+        )
+
+    async def raw_file(self, project: int | str, path: str, ref: str) -> bytes:
+        """A file's bytes at `ref` (GET .../repository/files/:file_path/raw, the path one
+        URL-encoded segment)."""
+        answer = await self.get(
+            f"/projects/{project_ref(project)}/repository/files/{quote(path, safe='')}/raw",
+            {"ref": ref},
+        )
+        if answer is None:
+            return b""
+        if isinstance(answer, bytes):
+            return answer
+        if isinstance(answer, str):
+            return answer.encode("utf-8")
+        # A .json file comes back decoded: the policy loader reports what it finds there.
+        return json.dumps(answer).encode("utf-8")
 
     # -- status checks ----------------------------------------------------------------------
 

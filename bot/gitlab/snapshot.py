@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import inspect
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -658,8 +659,9 @@ class Snapshot:
     checks_problem: str | None = None
 
 
-# Given the MR's base facts and its listed checks: which optional facts to read.
-NeedsFor = Callable[[MergeRequestFacts, Sequence[StatusCheck]], FactNeeds]
+# Given the MR's base facts and its listed checks: which optional facts to read (or an
+# awaitable of them, when deciding needs a read of its own: repository policies).
+NeedsFor = Callable[[MergeRequestFacts, Sequence[StatusCheck]], FactNeeds | Awaitable[FactNeeds]]
 HEAD_MEMORY = 100_000  # MRs whose last head a reader remembers (oldest forgotten first)
 
 
@@ -719,7 +721,8 @@ class SnapshotReader:
         checks = tuple(StatusCheck.from_api(c) for c in listed if isinstance(c, Mapping))
         if facts.state != "opened":
             return Snapshot(mr, facts, checks, problem)
-        needs = needs_for(facts, checks)
+        asked = needs_for(facts, checks)
+        needs = await asked if inspect.isawaitable(asked) else asked
         if facts.sha != known:
             prefetch, raw = NO_NEEDS, {}  # read before the head was known: maybe not its facts
         missing = needs - prefetch

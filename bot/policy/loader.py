@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from yaml.nodes import MappingNode
 
@@ -28,18 +28,18 @@ from bot.policy.nodes import (
 from bot.policy.predicates.base import REGISTRY, compile_rule_item
 from bot.policy.predicates.scope import compile_applies_to
 
-TOP_KEYS = ("check", "description", "mode", "applies_to", "require", "comment")
+TOP_KEYS = ("check", "description", "mode", "applies_to", "require", "comment", "replaceable")
 MODES = ("enforce", "advisory")
 COMMENTS = ("never", "on_failure", "always")
 POLICY_SUFFIXES = (".yml", ".yaml")
 TEST_SUFFIXES = (".test.yml", ".test.yaml")
 
 
-def is_test_file(path: Path) -> bool:
+def is_test_file(path: PurePath) -> bool:
     return path.name.endswith(TEST_SUFFIXES)
 
 
-def is_policy_file(path: Path) -> bool:
+def is_policy_file(path: PurePath) -> bool:
     """A policy file: `*.yml`/`*.yaml`, not a test file, not hidden (editor/tool files)."""
     return (
         path.name.endswith(POLICY_SUFFIXES)
@@ -120,6 +120,10 @@ def _compile_policy(
         )
     mode = _choice(ctx, entries, "mode", MODES, "enforce")
     comment = _choice(ctx, entries, "comment", COMMENTS, "never")
+    # A central policy a repository may replace (docs/architecture.md#repository-policies).
+    replaceable = False
+    if "replaceable" in entries:
+        replaceable = bool(ctx.boolean(entries["replaceable"].node, "`replaceable`"))
 
     applies_to: tuple[Rule, ...] | None = ()
     if "applies_to" in entries:
@@ -149,6 +153,7 @@ def _compile_policy(
         mode=mode,  # type: ignore[arg-type]
         comment=comment,  # type: ignore[arg-type]
         line=line,
+        replaceable=replaceable,
     )
     return policy, ctx
 
@@ -273,6 +278,16 @@ def load_policy_dir(path: str | Path) -> PolicySet:
     )
 
 
+REPOSITORY_FOLDER = ".gitlab/status-checks"  # README "Policies in your repository"
+REPOSITORY_REPLACEABLE = "`replaceable` is for central policies: remove it here"
+
+
+def in_repository_folder(path: str | Path) -> bool:
+    """A file of a checked-out repository's policy folder (`validate` then judges it as the
+    bot will read it from the target branch)."""
+    return f"/{REPOSITORY_FOLDER}/" in Path(path).absolute().as_posix()
+
+
 def validate_paths(paths: list[str]) -> list[PolicyProblem]:
     """Every problem in the given policy files and folders and in the test files they hold
     (given, or in a given folder beside its policies or under its `tests/`), each once."""
@@ -287,6 +302,11 @@ def validate_paths(paths: list[str]) -> list[PolicyProblem]:
         loaded = load_folder(path)  # a folder, or one policy file
         problems += loaded.problems
         claims += loaded.claims
+        problems += [
+            PolicyProblem(policy.path, policy.line, REPOSITORY_REPLACEABLE)
+            for policy in loaded.policies
+            if policy.replaceable and in_repository_folder(policy.path)
+        ]
     problems += check_duplicates(claims)
     cache = PolicyCache()
     tests, _ = discover(paths)

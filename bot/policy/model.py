@@ -186,6 +186,9 @@ class Policy:
     mode: Literal["enforce", "advisory"] = "enforce"
     comment: Literal["never", "on_failure", "always"] = "never"
     line: int = 1
+    # Central only: a repository's policy for the same check may replace this one instead of
+    # adding to it (docs/architecture.md#repository-policies).
+    replaceable: bool = False
 
     @property
     def needs(self) -> FactNeeds:

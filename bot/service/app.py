@@ -34,9 +34,11 @@ from bot.service.metrics import Metrics
 from bot.service.pgqueue import PgQueue, WorkCodec
 from bot.service.pgrecord import PgRecord, link_key
 from bot.service.policy_store import PolicyStore
+from bot.service.preview import PolicyMRs
 from bot.service.queue import CoalescingQueue
 from bot.service.record import DecisionRecord
 from bot.service.references import unreadable
+from bot.service.repository import RepositoryPolicies
 from bot.service.sticky import StickyNotes, details_links
 from bot.service.sweep import BASE_REQUESTS_PER_EVALUATION, Sweeper
 
@@ -243,6 +245,11 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
             handler, workers=settings.workers, min_interval=settings.evaluation_spacing
         )
     record = app[RECORD]
+    repository = (
+        RepositoryPolicies(app[GITLAB], ttl=settings.repository_policy_ttl)
+        if settings.repository_policies
+        else None
+    )
     evaluator = Evaluator(
         app[GITLAB],
         lambda: store.current,
@@ -251,6 +258,18 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
             app[GITLAB], FactReader(app[GITLAB], settle_seconds=settings.approval_settle_seconds)
         ),
         last_posted=lambda key, check: record.last_posted(key.project_id, key.iid, check),
+        repository=repository,
+        policy_mrs=(
+            PolicyMRs(
+                app[GITLAB],
+                repository,
+                SnapshotReader(app[GITLAB]),
+                lambda: store.current,
+                budget=settings.sweep_budget,
+            )
+            if repository is not None
+            else None
+        ),
     )
     app[QUEUE] = queue
     app[EVALUATOR] = evaluator

@@ -18,17 +18,21 @@ import inspect
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bot.gitlab import compat
 from bot.gitlab.client import GitLab, GitLabError
 from bot.gitlab.snapshot import HeadMoved, Shown, SnapshotReader, StatusCheck
-from bot.keys import BranchKey, Hint, MRKey
+from bot.keys import BranchKey, Hint, MRKey, PushKey
 from bot.logs import get_logger
 from bot.policy.evaluate import applies, judge, needs_of
 from bot.policy.explanation import explanation
 from bot.policy.facts import FactNeeds, MergeRequestFacts
 from bot.policy.model import Policy, PolicySet, Verdict
+
+if TYPE_CHECKING:
+    from bot.service.preview import PolicyMRs
+    from bot.service.repository import RepositoryPolicies
 
 log = get_logger(__name__)
 
@@ -126,8 +130,14 @@ class Evaluator:
         reader: SnapshotReader | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         last_posted: Callable[[MRKey, str], Awaitable[tuple[str, str] | None]] | None = None,
+        repository: RepositoryPolicies | None = None,
+        policy_mrs: PolicyMRs | None = None,
     ) -> None:
         self.gitlab = gitlab
+        # The policies projects keep in their target branches; None: central policies only.
+        self.repository = repository
+        # Judges `status-check-policies` (MRs changing the repository's policies); None: off.
+        self.policy_mrs = policy_mrs
         self.policies = policies
         self.submit = submit
         self.reader = reader or SnapshotReader(gitlab)
@@ -152,6 +162,9 @@ class Evaluator:
 
     async def __call__(self, key: MRKey | BranchKey, hint: Hint | None) -> float | None:
         try:
+            if isinstance(key, PushKey):
+                await self._on_push(key)
+                return None
             if isinstance(key, BranchKey):
                 await self._resolve_branch(key, hint)
                 return None
@@ -195,19 +208,54 @@ class Evaluator:
         if not merge_requests:
             log.debug("pipeline_without_mr", key=str(key))
 
+    async def _on_push(self, key: PushKey) -> None:
+        """A branch moved: forget its head, and when the policies it holds changed, judge the
+        open MRs that target it again (the push itself is a hint: GitLab says what changed)."""
+        if self.repository is None or not self.repository.has_read(key.project_id, key.branch):
+            # Nothing judged here used that branch's policies: the next evaluation of an MR
+            # targeting it reads them anyway (and the start-up sweep covers a restart).
+            return
+        before = self.repository.known_layer(key.project_id, key.branch)
+        self.repository.forget_branch(key.project_id, key.branch)
+        after = await self.repository.for_target(key.project_id, key.branch)
+        if after.layer is not None and before is not None:
+            if after.layer.digest == before.digest:
+                log.debug("push_policies_unchanged", project_id=key.project_id, branch=key.branch)
+                return
+        elif after.layer is not None and not after.layer.checks:
+            return  # no repository policies there, before or now (as far as the bot knew)
+        merge_requests = await self.gitlab.merge_requests_for_target(key.project_id, key.branch)
+        log.info(
+            "repository_policies_changed",
+            project_id=key.project_id,
+            branch=key.branch,
+            merge_requests=len(merge_requests),
+        )
+        for mr in merge_requests:
+            project_id = int(mr.get("project_id", key.project_id))
+            self.submit(
+                MRKey(project_id, int(mr["iid"])),
+                Hint(trigger="push:policies", target_branch=key.branch),
+            )
+
     # -- one evaluation ---------------------------------------------------------------------
 
     async def evaluate(self, key: MRKey, hint: Hint | None = None) -> float | None:
-        policy_set = self.policies()
+        central = policy_set = self.policies()
         trigger = hint.trigger if hint else "sweep"
-        if not policy_set.policies:
+        if not policy_set.policies and self.repository is None:
             log.warning("no_policies", key=str(key))
             return None
         matched: list[tuple[StatusCheck, Policy]] = []
 
-        def needs_for(facts: MergeRequestFacts, checks: Sequence[StatusCheck]) -> FactNeeds:
-            """Match the listed checks to policies; read what the applicable ones need."""
+        async def needs_for(facts: MergeRequestFacts, checks: Sequence[StatusCheck]) -> FactNeeds:
+            """Match the listed checks to policies (the target branch's repository policies
+            over the central ones); read what the applicable ones need."""
+            nonlocal policy_set
             self._known_checks[key.project_id] = frozenset(c.name for c in checks)
+            if self.repository is not None and facts.target_branch:
+                target = await self.repository.for_target(key.project_id, facts.target_branch)
+                policy_set = target.apply(central, (c.name for c in checks), facts.now)
             matched[:] = [(c, p) for c in checks if (p := policy_set.get(c.name)) is not None]
             return needs_of([policy for _, policy in matched if applies(policy, facts)])
 
@@ -234,6 +282,7 @@ class Evaluator:
         if facts.state != "opened":
             log.info("skipped", reason=f"merge request is {facts.state}", **log_ctx)
             return None
+        await self._match_policy_check(facts, listed, mr, policy_set, matched)
         unmatched = [c.name for c in listed if policy_set.get(c.name) is None]
         if unmatched:
             log.info("checks_without_policy", checks=unmatched, **log_ctx)
@@ -260,6 +309,22 @@ class Evaluator:
             self._deferred.discard(key)
         self.release_deferred()
         return min(delays) if delays else None
+
+    async def _match_policy_check(
+        self,
+        facts: MergeRequestFacts,
+        listed: Sequence[StatusCheck],
+        mr: Mapping[str, Any],
+        policy_set: PolicySet,
+        matched: list[tuple[StatusCheck, Policy]],
+    ) -> None:
+        """`status-check-policies`, when GitLab lists it and no policy file claims the name:
+        the MR's proposed repository policies validated, tested and previewed."""
+        if self.policy_mrs is None or policy_set.get(self.policy_mrs.check) is not None:
+            return
+        check = next((c for c in listed if c.name == self.policy_mrs.check), None)
+        if check is not None:
+            matched.append((check, await self.policy_mrs.policy_for(facts, mr)))
 
     def _look_again(self, key: MRKey) -> float:
         moves = self._head_moves.get(key, 0) + 1

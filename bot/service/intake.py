@@ -35,7 +35,7 @@ import cachetools
 from aiohttp import web
 from gidgetlab import routing, sansio
 
-from bot.keys import BranchKey, Hint, MRKey
+from bot.keys import BranchKey, Hint, MRKey, PushKey
 from bot.logs import get_logger
 
 log = get_logger(__name__)
@@ -331,8 +331,37 @@ async def note_hook(event: sansio.Event, delivery: Delivery) -> None:
     delivery.work.append((key, Hint(trigger="note:/recheck", project_path=_project_path(data))))
 
 
+push_router = routing.Router()
+
+
+@push_router.register("Push Hook")
+async def push_hook(event: sansio.Event, delivery: Delivery) -> None:
+    """A branch moved: repository policies kept there may have changed
+    (docs/architecture.md#repository-policies). A tag or a deleted branch holds none."""
+    data = event.data
+    project_id = data.get("project_id")
+    if project_id is None:
+        project_id = _mapping(data.get("project"), "project").get("id")
+    project_id = _positive_int(project_id, "project_id")
+    ref = _optional_str(data, "ref", "ref")
+    after = _optional_str(data, "after", "after")
+    if not ref or not ref.startswith("refs/heads/") or (after and not after.strip("0")):
+        delivery.ignored = "push is not to a branch (a tag, or a deleted branch)"
+        return
+    branch = ref.removeprefix("refs/heads/")
+    if not branch or len(branch) > MAX_REF_CHARS:
+        raise PayloadError(f"`ref` must name a branch of at most {MAX_REF_CHARS} characters")
+    hint = Hint(trigger="push", project_path=_project_path(data), target_branch=branch)
+    delivery.work.append((PushKey(project_id, branch), hint))
+
+
 router = routing.Router(
-    merge_request_router, system_hook_router, status_check_router, pipeline_router, note_router
+    merge_request_router,
+    system_hook_router,
+    status_check_router,
+    pipeline_router,
+    note_router,
+    push_router,
 )
 
 

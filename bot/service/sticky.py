@@ -27,6 +27,7 @@ from bot.policy.explanation import Row, explanation, plain
 from bot.policy.facts import MergeRequestFacts
 from bot.service.decide import Decision
 from bot.service.links import load_link_key, signed_link
+from bot.service.preview import POLICY_CHECK, preview_lines
 
 log = get_logger(__name__)
 
@@ -131,7 +132,25 @@ def render_body(decisions: Sequence[Decision]) -> str:
         lines += ["", *_failing_section(decision)]
     if passing:
         lines += ["", *(_passing_line(d) for d in passing)]
+    for decision in ordered:
+        lines += _preview_section(decision)
     return "\n".join(lines)
+
+
+def _preview_section(decision: Decision) -> list[str]:
+    """For an MR changing its repository's policies: the open MRs whose verdict would flip
+    (bot/service/preview.py), each on its line."""
+    found = preview_lines(decision.verdict.outcome) if decision.check == POLICY_CHECK else []
+    if not found:
+        return []
+    summary, *flips = found
+    lines = ["", "#### Policy preview", "", _sentence(plain(summary.removeprefix("preview: ")))]
+    if flips:
+        lines.append("")
+        lines += [f"- {code(plain(flip))}" for flip in flips[:MAX_LEAVES]]
+        if len(flips) > MAX_LEAVES:
+            lines.append(f"- … and {len(flips) - MAX_LEAVES} more on the details page")
+    return lines
 
 
 def compose(body: str, link: str | None) -> tuple[str, str]:
@@ -352,3 +371,7 @@ class StickyNotes:
             advice=exc.advice(),
             effect="the verdicts are posted as usual; only the MR note is not written",
         )
+
+
+def _sentence(text: str) -> str:
+    return f"{text[:1].upper()}{text[1:]}."

@@ -85,6 +85,13 @@ async def run_explain(
     return code, out.getvalue()
 
 
+# The target branch's head and its .gitlab/status-checks/ folder (none here: a 404).
+REPOSITORY_READS = {
+    "/projects/:id/repository/branches/:branch": 1,
+    "/projects/:id/repository/tree": 1,
+}
+
+
 def routes(gitlab: FakeGitLab) -> Counter[str]:
     mr = "/projects/:id/merge_requests/:merge_request_iid"
     return Counter(c.route.split(" ", 1)[1].replace(mr, "MR") for c in gitlab.calls)
@@ -96,8 +103,13 @@ async def test_a_title_policy_reads_only_the_mr_and_its_checks(
     seed(gitlab)
     code, out = await run_explain(gitlab, write_policies(tmp_path / "p", TITLE_ONLY))
     assert code == 0
-    assert routes(gitlab) == Counter({"/version": 1, "MR": 1, "MR/status_checks": 1})
-    assert "facts fetched: MR, status checks (3 requests, all reads)" in out
+    assert routes(gitlab) == Counter(
+        {"/version": 1, "MR": 1, "MR/status_checks": 1, **REPOSITORY_READS}
+    )
+    assert (
+        "facts fetched: MR, status checks, repository policies of main (none) "
+        "(5 requests, all reads)" in out
+    )
     assert "  status checks: conventional-title pending, review pending" in out
     assert "status checks with no policy here: review" in out
     assert out.rstrip().splitlines()[-2] == "1 policy: 1 passed, 0 failed"
@@ -121,12 +133,13 @@ async def test_the_facts_a_policy_needs_are_read_and_shown(
             "/groups/:id/members": 1,
             "/groups/:id/members/all": 1,
             "/groups/:id/descendant_groups": 1,
+            **REPOSITORY_READS,
         }
     )
     lines = out.splitlines()
     assert (
-        "facts fetched: MR, status checks, approvals, commits, members of acme/security "
-        "(10 requests, all reads)" in lines
+        "facts fetched: MR, status checks, repository policies of main (none), approvals, "
+        "commits, members of acme/security (12 requests, all reads)" in lines
     )
     assert (
         "  MR: author alice; labels backend; not a draft; pipeline none; no conflicts; "
@@ -233,7 +246,10 @@ async def test_explain_prints_the_tree_with_evidence_and_facts_and_writes_nothin
     lines = out.splitlines()
     assert lines[0] == "group/app!42: Add login"
     assert any(
-        line.startswith("facts fetched: MR, status checks, diffs, line counts, approvals,")
+        line.startswith(
+            "facts fetched: MR, status checks, repository policies of main (none), diffs, "
+            "line counts,"
+        )
         and "members of acme/security" in line
         and "all reads" in line
         for line in lines

@@ -22,12 +22,19 @@ COMMANDS = {
     "validate": "validate",
     "test": "policy_tests",
     "explain": "explain",
+    "preview": "preview",
     "register": "register",
     "history": "history",
     "link": "link",
     "migrate": "migrate",
 }
-ARGUMENTS = {"explain": ["g/a!1"], "register": ["g/a"], "history": ["g/a!1"], "link": ["g/a!1"]}
+ARGUMENTS = {
+    "explain": ["g/a!1"],
+    "preview": ["--policies", "p"],
+    "register": ["g/a"],
+    "history": ["g/a!1"],
+    "link": ["g/a!1"],
+}
 
 
 @pytest.mark.parametrize(("command", "module_name"), COMMANDS.items())

@@ -79,7 +79,7 @@ async def test_first_run_creates_second_run_changes_nothing(
     assert hook["url"] == URL
     assert hook["merge_requests_events"] and hook["pipeline_events"] and hook["note_events"]
     assert hook["confidential_note_events"] is True  # a /recheck in an internal note
-    assert hook["push_events"] is False
+    assert hook["push_events"] is True  # a target branch's repository policies may change
     assert hook["enable_ssl_verification"] is True
     assert hook["token"] == WEBHOOK_SECRET
     assert "acme/app: 3 changes" in text
@@ -192,14 +192,14 @@ async def test_dry_run_writes_nothing_and_prints_the_plan(
 ) -> None:
     gitlab.add_project(1, "acme/app")
     gitlab.add_status_check(1, "pipeline-green", external_url="http://old-host/webhook")
-    gitlab.add_hook(1, URL, push_events=True, merge_requests_events=True)
+    gitlab.add_hook(1, URL, push_events=False, merge_requests_events=True)
     code, text = await run(make_settings(), dry_run=True, require=True)
     assert code == 0, text
     assert writes(gitlab) == []
     assert "acme/app: 4 changes planned (dry run)" in text
     assert f"create    status check conventional-title ({URL}?check=conventional-title" in text
     assert "update    status check pipeline-green (URL http://old-host/webhook" in text
-    assert "update    webhook" in text and "push_events → false" in text
+    assert "update    webhook" in text and "push_events → true" in text
     assert 'update    "Status checks must succeed" (off → on)' in text
     assert "dry run: nothing was written" in text
 
@@ -398,3 +398,19 @@ async def test_command_line_exit_code_and_report(gitlab: FakeGitLab, policy_dir:
     assert "acme/premium: FAILED" in text
     assert WEBHOOK_SECRET not in text + stderr.decode()
     assert TOKEN not in text + stderr.decode()
+
+
+async def test_a_check_only_a_repository_defines_is_registered_with_check(
+    gitlab: FakeGitLab, make_settings: Callable[..., Settings]
+) -> None:
+    """`--check NAME` registers a status check no central policy names (one the project's
+    .gitlab/status-checks/ defines, or status-check-policies); it is not pruned either."""
+    gitlab.add_project(1, "acme/app")
+    options = {"extra_checks": ("reviewed", "status-check-policies")}
+    code, text = await run(make_settings(), **options)
+    assert code == 0, text
+    assert set(checks_of(gitlab, 1)) == {*CHECKS, "reviewed", "status-check-policies"}
+    assert checks_of(gitlab, 1)["reviewed"]["external_url"] == f"{URL}?check=reviewed"
+    gitlab.reset_calls()
+    code, text = await run(make_settings(), prune=True, **options)
+    assert code == 0 and writes(gitlab) == [], text

@@ -83,3 +83,21 @@ async def test_validate_warns_about_groups_and_users_gitlab_cannot_show(
 
 def test_validate_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
     assert_one_error_line(run_bot("validate", str(tmp_path / "nope")), "no such file or folder")
+
+
+def test_validate_judges_a_repository_folder_as_the_bot_reads_it(tmp_path: Path) -> None:
+    """`replaceable:` loads centrally but is refused in `.gitlab/status-checks/` (the bot fails
+    that check): `validate`, the fix the bot names, must say so too, with file and line."""
+    repository = write_policies(
+        tmp_path / "app" / ".gitlab" / "status-checks",
+        {"size.yml": "check: size\nreplaceable: true\nrequire:\n  - draft: false\n"},
+    )
+    result = run_bot("validate", str(repository))
+    assert (result.returncode, result.stdout) == (
+        1,
+        f"{repository}/size.yml:1: `replaceable` is for central policies: remove it here\n",
+    )
+    central = write_policies(
+        tmp_path / "central", {"size.yml": (repository / "size.yml").read_text()}
+    )
+    assert run_bot("validate", str(central)).returncode == 0

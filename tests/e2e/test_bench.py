@@ -93,3 +93,21 @@ async def test_fake_control_endpoints_the_benchmark_reads(gitlab: FakeGitLab) ->
     assert before <= calls[0]["started"] < calls[0]["finished"]
     assert calls[0]["finished"] - calls[0]["started"] >= 0.05
     assert gitlab.latency == 0.0
+
+
+async def test_the_repository_policy_counts_in_benchmarks_md_still_hold() -> None:
+    """BENCHMARKS.md, "Repository policies (issue 13)": the counts `python -m bench.
+    repository_policies` prints are the ones the table shows."""
+    from bench.repository_policies import measure
+
+    figures = await measure(open_mrs=3)
+    assert figures["central only (REPOSITORY_POLICIES=off)"]["first"] == (2, 0, 2)
+    assert figures["no .gitlab/status-checks/ in the project"]["first"] == (4, 2, 2)
+    assert figures["2 repository policy files on main"]["first"] == (6, 4, 3)
+    for case in figures.values():
+        if "later" in case:
+            assert case["later"] == (2, 0, 0)
+    preview = figures["preview"]
+    assert preview["open MRs replayed"] == 3
+    assert preview["requests per open MR"] == 2.0
+    assert preview["requests when the same head is judged again"] == 2

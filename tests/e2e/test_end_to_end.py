@@ -152,7 +152,7 @@ async def test_malformed_and_irrelevant_deliveries(gitlab: FakeGitLab, bot: Bot)
     status, body = await bot.deliver(None, raw=b'{"object_kind": "merge_request", ')
     assert status == 400 and "malformed JSON" in body["error"]
     status, body = await bot.deliver(
-        {"object_kind": "push", "ref": "refs/heads/main"}, event="Push Hook"
+        {"object_kind": "tag_push", "project_id": 1, "ref": "refs/tags/v1"}, event="Push Hook"
     )
     assert (status, body["status"]) == (200, "ignored")
     status, body = await bot.deliver({"object_kind": "merge_request"})

@@ -12,6 +12,7 @@ from tests.fakegitlab.merge_requests import MergeRequests
 from tests.fakegitlab.notes import Notes
 from tests.fakegitlab.pipelines import Pipelines
 from tests.fakegitlab.projects import Projects
+from tests.fakegitlab.repository import Repository
 from tests.fakegitlab.server import Route, Server
 from tests.fakegitlab.status_checks import StatusChecks
 from tests.fakegitlab.users import Users
@@ -23,6 +24,7 @@ class FakeGitLab(
     MergeRequests,
     Diffs,
     Commits,
+    Repository,
     Approvals,
     Pipelines,
     Notes,
@@ -42,6 +44,7 @@ class FakeGitLab(
             *self._merge_request_routes(),
             *self._diff_routes(),
             *self._commit_routes(),
+            *self._repository_routes(),
             *self._approval_routes(),
             *self._pipeline_routes(),
             *self._note_routes(),

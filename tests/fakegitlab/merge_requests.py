@@ -271,11 +271,8 @@ class MergeRequests(Server):
         data["user_notes_count"] = sum(
             1 for d in mr.discussions for n in d["notes"] if not n["system"]
         )
-        data["diff_refs"] = {
-            "base_sha": sha_for(f"base/{project.data['id']}/{data['target_branch']}"),
-            "head_sha": data["sha"],
-            "start_sha": sha_for(f"base/{project.data['id']}/{data['target_branch']}"),
-        }
+        base = mr.base_sha or sha_for(f"base/{project.data['id']}/{data['target_branch']}")
+        data["diff_refs"] = {"base_sha": base, "head_sha": data["sha"], "start_sha": base}
         data["merge_status"] = "cannot_be_merged" if data["has_conflicts"] else "can_be_merged"
         data["web_url"] = f"{self.url}/{project.data['path_with_namespace']}/-/merge_requests/"
         data["web_url"] += str(data["iid"])

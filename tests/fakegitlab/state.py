@@ -41,6 +41,8 @@ class MergeRequest:
     approval_patch: dict[int, str | None] = field(default_factory=dict)
     # The MR's diff versions (merge_request_diffs), oldest first; one per head GitLab recorded.
     versions: list[JSON] = field(default_factory=list)
+    # The merge base, when a test made the source branch from a real commit (propose_files).
+    base_sha: str | None = None
     # Approval resets GitLab has scheduled but not run yet: (due on FakeGitLab.now(), head SHA).
     pending_resets: list[tuple[float, str]] = field(default_factory=list)
 
@@ -70,6 +72,9 @@ class Project:
     checks: dict[int, JSON] = field(default_factory=dict)  # includes the secret; never rendered
     protected_branches: dict[int, JSON] = field(default_factory=dict)
     hooks: dict[int, JSON] = field(default_factory=dict)  # includes the token; never rendered
+    # The repository (repository.py): branch name → commit SHA, commit SHA → {path: bytes}.
+    branches: dict[str, str] = field(default_factory=dict)
+    trees: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
 
 @dataclass

@@ -76,8 +76,15 @@ def seed(gitlab: FakeGitLab, checks: list[str], **mr: Any) -> None:
 
 
 def reads(gitlab: FakeGitLab) -> Counter[str]:
-    """GET calls of the evaluation, by route template."""
-    return Counter(c.route for c in gitlab.calls if c.method == "GET")
+    """GET calls of the evaluation's snapshot, by route template. The target branch's
+    repository policies (read once per branch head, not per evaluation) are counted in
+    tests/service/test_repository_policies.py."""
+    policies = ("/repository/tree", "/repository/files/", "/repository/branches/")
+    return Counter(
+        c.route
+        for c in gitlab.calls
+        if c.method == "GET" and not any(part in c.route for part in policies)
+    )
 
 
 async def evaluate_once(gitlab: FakeGitLab, bot: Bot, **hook: Any) -> None:

@@ -239,7 +239,11 @@ async def test_unknown_and_irrelevant_events_are_ignored_with_a_reason(
 ) -> None:
     gitlab.reset_calls()
     cases = [
-        ("Push Hook", {"object_kind": "push"}),
+        # A deleted branch holds no policies (a push to a branch is work: test_repository)
+        (
+            "Push Hook",
+            {"object_kind": "push", "project_id": 1, "ref": "refs/heads/x", "after": "0" * 40},
+        ),
         ("Some Future Hook", MR),
         ("Ünïcødé Hook ✓ 🚀", MR),
         ("System Hook", {"object_kind": "project_create"}),

@@ -56,7 +56,8 @@ async def test_metrics_parse_and_count_every_delivery_by_kind_and_outcome(
     for _ in range(3):
         status, _ = await bot.deliver(payloads.merge_request_hook(sha=SHA))
         assert status == 202
-    await bot.deliver({"object_kind": "push"}, event="Push Hook")
+    tag = {"object_kind": "tag_push", "project_id": 1, "ref": "refs/tags/v1"}
+    await bot.deliver(tag, event="Push Hook")
     await bot.deliver(payloads.merge_request_hook(sha=SHA), token="wrong")
     await bot.deliver(None, raw=b"{not json")
     # A made-up event name must not become a label value of its own.
