@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import aiohttp
@@ -24,7 +25,7 @@ from bot.gitlab.snapshot import FactReader, SnapshotReader
 from bot.keys import BranchKey, Hint, MRKey
 from bot.logs import get_logger
 from bot.policy.evaluate import needs_of
-from bot.service.database import Database
+from bot.service.database import BRANCH_CHANNEL, DB_ERRORS, Database
 from bot.service.decide import Decision, Evaluator
 from bot.service.details import LINK_KEY, Sources, links_ctx
 from bot.service.details import add_routes as add_details_routes
@@ -259,6 +260,9 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         last_posted=lambda key, check: record.last_posted(key.project_id, key.iid, check),
         repository=repository,
+        announce_push=(
+            share_branch_moves(db, repository) if db is not None and repository else None
+        ),
         policy_mrs=(
             PolicyMRs(
                 app[GITLAB],
@@ -282,6 +286,32 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     left = await queue.stop(deadline=settings.shutdown_deadline)
     log.info("workers_stopped", abandoned=left)
+
+
+def share_branch_moves(
+    db: Database, repository: RepositoryPolicies
+) -> Callable[[int, str], Awaitable[None]]:
+    """Each replica caches target branches' heads for repository policies: a push taken by
+    one is told to all (NOTIFY), so none judges by the old policies until its TTL runs out.
+    A listener that reconnected may have missed some, so it forgets every head."""
+
+    def moved(payload: str) -> None:
+        if not payload:
+            repository.forget_heads()
+            return
+        with contextlib.suppress(ValueError, TypeError):
+            project, branch = json.loads(payload)
+            repository.forget_branch(int(project), str(branch))
+
+    db.on_notify(moved, channel=BRANCH_CHANNEL)
+
+    async def announce(project: int, branch: str) -> None:
+        try:
+            await db.notify(BRANCH_CHANNEL, json.dumps([project, branch]))
+        except DB_ERRORS as exc:  # the others' TTL is the safety net
+            log.warning("branch_move_not_shared", project_id=project, branch=branch, error=str(exc))
+
+    return announce
 
 
 def _observe(

@@ -39,6 +39,9 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 WORK_CHANNEL = "bot_work"
+# A Push Hook moved a branch: every replica forgets its head (README "Running more than one").
+BRANCH_CHANNEL = "bot_branch_moved"
+CHANNELS = (WORK_CHANNEL, BRANCH_CHANNEL)
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
 START_WAIT = 30.0  # seconds `serve` waits for PostgreSQL at start before giving up
@@ -76,7 +79,7 @@ class Database:
         self._listener: asyncpg.Connection | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._closing = False
-        self._on_notify: list[Callable[[str], None]] = []
+        self._on_notify: dict[str, list[Callable[[str], None]]] = {c: [] for c in CHANNELS}
         self.on_change: Callable[[bool], None] | None = None  # metrics: up (True) or down
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -211,13 +214,18 @@ class Database:
 
     # -- notifications -----------------------------------------------------------------------
 
-    def on_notify(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(payload)` for each notification on the work channel."""
-        self._on_notify.append(callback)
+    def on_notify(self, callback: Callable[[str], None], channel: str = WORK_CHANNEL) -> None:
+        """Call `callback(payload)` for each notification on `channel` (one of CHANNELS), and
+        with "" after each (re)connection of the listener: notifications may have been missed."""
+        self._on_notify[channel].append(callback)
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        for callback in self._on_notify:
+        for callback in self._on_notify.get(channel, ()):
             callback(payload)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Tell every replica (this one too) listening on `channel`."""
+        await self.execute("SELECT pg_notify($1, $2)", channel, payload)
 
     async def _listen_forever(self) -> None:
         """Keep one connection LISTENing; reconnect after a restart (the queue polls meanwhile,
@@ -227,9 +235,11 @@ class Database:
             try:
                 conn = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
                 self._listener = conn
-                await conn.add_listener(WORK_CHANNEL, self._notified)
+                for channel in CHANNELS:
+                    await conn.add_listener(channel, self._notified)
                 delay = 0.5
-                self._notified(conn, 0, WORK_CHANNEL, "")
+                for channel in CHANNELS:
+                    self._notified(conn, 0, channel, "")
                 while not conn.is_closed() and not self._closing:
                     await asyncio.sleep(2.0)
                     with contextlib.suppress(*DB_ERRORS):

@@ -132,8 +132,12 @@ class Evaluator:
         last_posted: Callable[[MRKey, str], Awaitable[tuple[str, str] | None]] | None = None,
         repository: RepositoryPolicies | None = None,
         policy_mrs: PolicyMRs | None = None,
+        announce_push: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
         self.gitlab = gitlab
+        # A fleet: tells every replica a branch moved (each caches repository policies); None:
+        # one process, whose own cache is all there is.
+        self.announce_push = announce_push
         # The policies projects keep in their target branches; None: central policies only.
         self.repository = repository
         # Judges `status-check-policies` (MRs changing the repository's policies); None: off.
@@ -211,11 +215,16 @@ class Evaluator:
     async def _on_push(self, key: PushKey) -> None:
         """A branch moved: forget its head, and when the policies it holds changed, judge the
         open MRs that target it again (the push itself is a hint: GitLab says what changed)."""
-        if self.repository is None or not self.repository.has_read(key.project_id, key.branch):
-            # Nothing judged here used that branch's policies: the next evaluation of an MR
-            # targeting it reads them anyway (and the start-up sweep covers a restart).
+        if self.repository is None:
             return
         before = self.repository.known_layer(key.project_id, key.branch)
+        if self.announce_push is not None:
+            await self.announce_push(key.project_id, key.branch)
+        elif not self.repository.has_read(key.project_id, key.branch):
+            # Nothing judged here used that branch's policies: the next evaluation of an MR
+            # targeting it reads them anyway (and the start-up sweep covers a restart). In a
+            # fleet another replica may have judged by them, so the branch is read.
+            return
         self.repository.forget_branch(key.project_id, key.branch)
         after = await self.repository.for_target(key.project_id, key.branch)
         if after.layer is not None and before is not None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, Generic, Literal, TypeVar
 
-from bot.keys import BranchKey, Hint, MRKey
+from bot.keys import BranchKey, Hint, MRKey, PushKey
 from bot.logs import get_logger
 from bot.service.database import DB_ERRORS, WORK_CHANNEL, Database
 
@@ -66,12 +66,16 @@ class WorkCodec(Codec[MRKey | BranchKey]):
     def key(self, key: MRKey | BranchKey) -> str:
         if isinstance(key, MRKey):
             return json.dumps(["mr", key.project_id, key.iid])
+        if isinstance(key, PushKey):  # a push and a branch's pipeline never coalesce
+            return json.dumps(["push", key.project_id, key.branch])
         return json.dumps(["branch", key.project_id, key.branch])
 
     def unkey(self, text: str) -> MRKey | BranchKey:
         kind, project_id, rest = json.loads(text)
         if kind == "mr":
             return MRKey(int(project_id), int(rest))
+        if kind == "push":
+            return PushKey(int(project_id), str(rest))
         return BranchKey(int(project_id), str(rest))
 
     def hint(self, hint: Any) -> str:

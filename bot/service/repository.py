@@ -163,6 +163,14 @@ class RepositoryPolicies:
         """A Push Hook says `branch` moved: read its head again next time."""
         self._heads.pop((project, branch), None)
 
+    def forget_heads(self) -> None:
+        """Every branch's head: a replica whose listener reconnected may have missed pushes."""
+        self._heads.clear()
+
+    def remembered_head(self, project: int, branch: str) -> str | None:
+        head = self._heads.get((project, branch))
+        return str(head[0]) if head else None
+
     def known_layer(self, project: int, branch: str) -> RepositoryLayer | None:
         """The layer last read for `branch`'s head, if it is still remembered."""
         head = self._heads.get((project, branch))

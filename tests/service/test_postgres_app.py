@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from bot.service.app import DATABASE, LEADER, QUEUE, RECORD
+from bot.service.app import DATABASE, EVALUATOR, LEADER, QUEUE, RECORD
 from bot.service.details import LINK_KEY
 from bot.service.pgqueue import PgQueue
 from bot.service.pgrecord import PgRecord
 from tests.builders import running_pipeline, seed_mr
-from tests.conftest import Bot, eventually, get, link
+from tests.conftest import Bot, eventually, get, link, write_policies
 from tests.fakegitlab import FakeGitLab
 from tests.payloads import merge_request_hook, pipeline_hook
 
@@ -200,3 +201,40 @@ async def test_a_details_link_from_one_replica_opens_on_another_with_the_shared_
     checks = {c["check"]: c for c in view["checks"]}
     assert checks["conventional-title"]["verdict"]["verdict"] == "passed"
     assert sorted(h["check"] for h in view["history"]) == list(CHECKS)
+
+
+async def test_a_push_reaches_every_replicas_repository_policies(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str, tmp_path: Path
+) -> None:
+    """Repository policies are cached per process. A Push Hook to a target branch is taken by
+    one replica, but every replica must forget that branch's head (a NOTIFY), and the push
+    must stay a push through the shared queue: the MRs targeting the branch are judged again
+    under the new policies, whichever replica judges them."""
+    folder = ".gitlab/status-checks"
+    seed_mr(gitlab, ["reviewed"], labels=["team"], sha=SHA)
+    before = gitlab.commit_files(
+        1, "main", {f"{folder}/r.yml": "check: reviewed\nrequire:\n  - labels: {any: [team]}\n"}
+    )
+    central = write_policies(
+        tmp_path / "central", {"t.yml": "check: other\nrequire: [{draft: false}]\n"}
+    )
+    bots = [await start_bot(database_url=database_url, policy_dir=central) for _ in range(2)]
+    for bot in bots:  # both replicas have judged by main's policies
+        await bot.app[EVALUATOR].repository.for_target(1, "main")
+    assert (await bots[0].deliver(mr_event(1)))[0] == 202
+    await eventually(lambda: gitlab.check_status(1, 1, "reviewed") == "passed", 10)
+
+    after = gitlab.commit_files(
+        1, "main", {f"{folder}/r.yml": "check: reviewed\nrequire:\n  - labels: {any: [ok]}\n"}
+    )
+    push = gitlab.push_hook(1, "main", before, after)
+    assert (await bots[0].deliver(push, event="Push Hook"))[0] == 202
+    await eventually(lambda: gitlab.check_status(1, 1, "reviewed") == "failed", 10)
+    for bot in bots:
+        await eventually(
+            lambda bot=bot: (
+                bot.app[EVALUATOR].repository.known_layer(1, "main") is None
+                or bot.app[EVALUATOR].repository.remembered_head(1, "main") == after
+            ),
+            5,
+        )
