@@ -20,9 +20,9 @@ from bot.logs import get_logger
 from bot.service.database import DB_ERRORS, Database
 from bot.service.record import (
     _VERDICT_COLUMNS,
-    MAX_KNOWN_PROJECTS,
     MAX_UNCONFIRMED_PROJECTS,
     RECORDED_ACTIONS,
+    ProjectSightings,
     StateError,
     _iso,
     decision_values,
@@ -101,8 +101,7 @@ class PgRecord:
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # set whenever nothing waits to be written
         self._drained.set()
-        self._seen: dict[int, tuple[str, float]] = {}
-        self._delivered: dict[int, float] = {}
+        self._sightings = ProjectSightings()
         self._closed = False
         self._last_prune = 0.0
 
@@ -161,13 +160,8 @@ class PgRecord:
 
     def remember_project(self, project_id: int, path: str) -> None:
         now = time.time()
-        seen = self._seen.get(project_id)
-        if seen is not None and seen[0] == path and now - seen[1] < 3600:
+        if not self._sightings.confirmed(project_id, path, now):
             return
-        if len(self._seen) >= MAX_KNOWN_PROJECTS:
-            self._seen.clear()
-        self._seen[project_id] = (path, now)
-        self._delivered.pop(project_id, None)
         self._put(
             "WITH gone AS (DELETE FROM bot_unconfirmed_projects WHERE project_id = $1) "
             "INSERT INTO bot_projects (project_id, path, last_seen) VALUES ($1, $2, $3) "
@@ -178,15 +172,8 @@ class PgRecord:
 
     def remember_delivered(self, project_id: int) -> None:
         now = time.time()
-        confirmed = self._seen.get(project_id)
-        if confirmed is not None and now - confirmed[1] < 3600:
+        if not self._sightings.delivered(project_id, now):
             return
-        written = self._delivered.get(project_id)
-        if written is not None and now - written < 3600:
-            return
-        if len(self._delivered) >= 2 * MAX_UNCONFIRMED_PROJECTS:
-            self._delivered.clear()
-        self._delivered[project_id] = now
         self._put(
             "WITH trimmed AS (DELETE FROM bot_unconfirmed_projects WHERE project_id NOT IN "
             "(SELECT project_id FROM bot_unconfirmed_projects ORDER BY last_seen DESC LIMIT $3)) "
@@ -198,8 +185,7 @@ class PgRecord:
         )
 
     def forget_project(self, project_id: int) -> None:
-        self._seen.pop(project_id, None)
-        self._delivered.pop(project_id, None)
+        self._sightings.forget(project_id)
         self._put(
             "WITH gone AS (DELETE FROM bot_projects WHERE project_id = $1) "
             "DELETE FROM bot_unconfirmed_projects WHERE project_id = $1",
@@ -207,7 +193,7 @@ class PgRecord:
         )
 
     def drop_unconfirmed(self, project_id: int) -> None:
-        self._delivered.pop(project_id, None)
+        self._sightings.unconfirmed_gone(project_id)
         self._put("DELETE FROM bot_unconfirmed_projects WHERE project_id = $1", (project_id,))
 
     async def flush(self) -> None:

@@ -377,6 +377,45 @@ def _advice(message: str, path: Path) -> str:
     return f"check {path} and its folder (permissions, space, the volume)"
 
 
+class ProjectSightings:
+    """Which project writes are due: a confirmed project when new, renamed or not written for
+    an hour; an unconfirmed id when not written for an hour (both bounded). Shared by both
+    record backends so that a busy project costs one write an hour, not one per delivery."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[str, float]] = {}  # confirmed: id -> (path, written at)
+        self._delivered: dict[int, float] = {}  # unconfirmed ids written lately
+
+    def confirmed(self, project_id: int, path: str, now: float) -> bool:
+        seen = self._seen.get(project_id)
+        if seen is not None and seen[0] == path and now - seen[1] < 3600:
+            return False
+        if len(self._seen) >= MAX_KNOWN_PROJECTS:
+            self._seen.clear()
+        self._seen[project_id] = (path, now)
+        self._delivered.pop(project_id, None)
+        return True
+
+    def delivered(self, project_id: int, now: float) -> bool:
+        confirmed = self._seen.get(project_id)
+        if confirmed is not None and now - confirmed[1] < 3600:
+            return False
+        written = self._delivered.get(project_id)
+        if written is not None and now - written < 3600:
+            return False
+        if len(self._delivered) >= 2 * MAX_UNCONFIRMED_PROJECTS:
+            self._delivered.clear()
+        self._delivered[project_id] = now
+        return True
+
+    def forget(self, project_id: int) -> None:
+        self._seen.pop(project_id, None)
+        self._delivered.pop(project_id, None)
+
+    def unconfirmed_gone(self, project_id: int) -> None:
+        self._delivered.pop(project_id, None)
+
+
 class DecisionRecord:
     """The record of one STATE_DIR. Open it with `DecisionRecord.open(state_dir)`."""
 
@@ -394,8 +433,7 @@ class DecisionRecord:
         self._writer = writer
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
-        self._seen: dict[int, tuple[str, float]] = {}  # confirmed: id -> (path, written at)
-        self._delivered: dict[int, float] = {}  # unconfirmed ids written lately (bounded)
+        self._sightings = ProjectSightings()
         self._inserts = 0
         self._latest = _LatestRows()  # the writer thread's own
         # Failures of the database while running (a replaced or damaged file, a full disk):
@@ -656,13 +694,8 @@ class DecisionRecord:
         GitLab's): the sweep covers it after a restart. Synchronous (it only queues); written
         when new, renamed, or not written for an hour."""
         now = time.time()
-        seen = self._seen.get(project_id)
-        if seen is not None and seen[0] == path and now - seen[1] < 3600:
+        if not self._sightings.confirmed(project_id, path, now):
             return
-        if len(self._seen) >= MAX_KNOWN_PROJECTS:
-            self._seen.clear()
-        self._seen[project_id] = (path, now)
-        self._delivered.pop(project_id, None)
         self._enqueue((_UPSERT_PROJECT, (project_id, _storable(path), now)))
         self._enqueue(("DELETE FROM unconfirmed_projects WHERE project_id = ?", (project_id,)))
         self._trim(_TRIM_PROJECTS, MAX_KNOWN_PROJECTS)
@@ -673,29 +706,21 @@ class DecisionRecord:
         them (the oldest go), so a kill -9 before its evaluation still leaves it to the next
         start-up sweep, which asks GitLab (`unconfirmed_projects`)."""
         now = time.time()
-        confirmed = self._seen.get(project_id)
-        if confirmed is not None and now - confirmed[1] < 3600:
+        if not self._sightings.delivered(project_id, now):
             return
-        written = self._delivered.get(project_id)
-        if written is not None and now - written < 3600:
-            return
-        if len(self._delivered) >= 2 * MAX_UNCONFIRMED_PROJECTS:
-            self._delivered.clear()
-        self._delivered[project_id] = now
         self._enqueue((_UPSERT_UNCONFIRMED, (project_id, now)))
         self._trim(_TRIM_UNCONFIRMED, MAX_UNCONFIRMED_PROJECTS)
 
     def forget_project(self, project_id: int) -> None:
         """Stop covering a project (GitLab says it does not exist, or the token cannot see it):
         a forged or stale id must not cost a request in every sweep forever."""
-        self._seen.pop(project_id, None)
-        self._delivered.pop(project_id, None)
+        self._sightings.forget(project_id)
         self._enqueue(("DELETE FROM projects WHERE project_id = ?", (project_id,)))
         self._enqueue(("DELETE FROM unconfirmed_projects WHERE project_id = ?", (project_id,)))
 
     def drop_unconfirmed(self, project_id: int) -> None:
         """An id from a delivery that GitLab lists no open MR for: nothing to sweep there."""
-        self._delivered.pop(project_id, None)
+        self._sightings.unconfirmed_gone(project_id)
         self._enqueue(("DELETE FROM unconfirmed_projects WHERE project_id = ?", (project_id,)))
 
     async def flush(self) -> None:
