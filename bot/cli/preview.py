@@ -133,6 +133,12 @@ async def _preview(
             if repository is None:
                 return current, proposed
             target = await repository.for_target(facts.project_id, facts.target_branch)
+            if target.problem is not None:
+                # Both sides would "wait for the repository policies" and no flip would show:
+                # a preview that could not look must not read as "nothing changes".
+                unread = f"{facts.project_path}: repository policies of {target.problem}"
+                if unread not in problems:
+                    problems.append(unread)
             checks = [*current.by_check, *proposed.by_check]
             return (
                 target.apply(current, checks, facts.now),

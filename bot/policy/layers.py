@@ -29,8 +29,10 @@ from typing import Literal
 from bot.policy.evaluate import evaluate
 from bot.policy.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
 from bot.policy.loader import (
+    POLICY_CHECK,
     REPOSITORY_FOLDER,
     REPOSITORY_REPLACEABLE,
+    REPOSITORY_RESERVED,
     Claim,
     check_duplicates,
     compile_policy,
@@ -107,6 +109,10 @@ def compile_layer(sha: str, files: Iterable[tuple[str, bytes]]) -> RepositoryLay
             claims.append(Claim(ctx.check[0], path, ctx.check[1]))
         if policy is not None and policy.replaceable:
             ctx.problems.append(PolicyProblem(path, policy.line, REPOSITORY_REPLACEABLE))
+            policy = None
+        if check == POLICY_CHECK:
+            line = ctx.check[1] if ctx.check is not None else 1
+            ctx.problems.append(PolicyProblem(path, line, REPOSITORY_RESERVED))
             policy = None
         if policy is None or ctx.problems:
             broken.setdefault(check, []).extend(ctx.problems)

@@ -280,6 +280,10 @@ def load_policy_dir(path: str | Path) -> PolicySet:
 
 REPOSITORY_FOLDER = ".gitlab/status-checks"  # README "Policies in your repository"
 REPOSITORY_REPLACEABLE = "`replaceable` is for central policies: remove it here"
+# The bot's own check of MRs that change the folder: a repository cannot define it, or a
+# merged file could switch off the validation and preview of every later policy change.
+POLICY_CHECK = "status-check-policies"
+REPOSITORY_RESERVED = f"`{POLICY_CHECK}` is the bot's own check of policy changes: remove it here"
 
 
 def in_repository_folder(path: str | Path) -> bool:
@@ -288,7 +292,7 @@ def in_repository_folder(path: str | Path) -> bool:
     return f"/{REPOSITORY_FOLDER}/" in Path(path).absolute().as_posix()
 
 
-def validate_paths(paths: list[str]) -> list[PolicyProblem]:
+def validate_paths(paths: list[str], confine: Path | None = None) -> list[PolicyProblem]:
     """Every problem in the given policy files and folders and in the test files they hold
     (given, or in a given folder beside its policies or under its `tests/`), each once."""
     from bot.policy.testing import PolicyCache, discover, parse_test_file  # it imports us
@@ -303,12 +307,17 @@ def validate_paths(paths: list[str]) -> list[PolicyProblem]:
         problems += loaded.problems
         claims += loaded.claims
         problems += [
-            PolicyProblem(policy.path, policy.line, REPOSITORY_REPLACEABLE)
+            PolicyProblem(policy.path, policy.line, message)
             for policy in loaded.policies
-            if policy.replaceable and in_repository_folder(policy.path)
+            if in_repository_folder(policy.path)
+            for message, wrong in (
+                (REPOSITORY_REPLACEABLE, policy.replaceable),
+                (REPOSITORY_RESERVED, policy.check == POLICY_CHECK),
+            )
+            if wrong
         ]
     problems += check_duplicates(claims)
-    cache = PolicyCache()
+    cache = PolicyCache(confine)  # test files name policies only inside `confine`, if given
     tests, _ = discover(paths)
     for found in tests:
         if found.only is None:  # a policy file given alone is checked alone

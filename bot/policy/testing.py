@@ -449,9 +449,14 @@ def _expectation(ctx: Ctx, node: Node) -> Expectation | None:
 
 
 class PolicyCache:
-    """Policies per folder, loaded once per run (with their problems)."""
+    """Policies per folder, loaded once per run (with their problems).
 
-    def __init__(self) -> None:
+    `confine`: test files may name policy files only inside this folder. The bot runs the test
+    files an MR proposes; a `policy:` path must not make it read (and quote) files of its host.
+    """
+
+    def __init__(self, confine: Path | None = None) -> None:
+        self.confine = confine.resolve() if confine is not None else None
         self.folders: dict[Path, Loaded] = {}
         self.files: dict[Path, tuple[Policy | None, list[PolicyProblem]]] = {}
 
@@ -596,6 +601,10 @@ def _resolve_policy(
         return None
     if ref.endswith(POLICY_SUFFIXES):
         target = (test_path.parent / ref).resolve()
+        if cache.confine is not None and not target.is_relative_to(cache.confine):
+            # Said before looking, so that the answer tells nothing about the host's files.
+            ctx.error(node, "`policy`: name a check, or a policy file in this folder")
+            return None
         if not target.is_file():
             ctx.error(node, f"`policy`: no policy file {ref} (relative to this test file)")
             return None
@@ -735,15 +744,15 @@ def policy_folder(folder: Path) -> Path:
 NO_CASES = "no test cases in {where} (put *.test.yaml files beside the policies or under tests/)"
 
 
-def run_tests(paths: list[str], out: TextIO) -> tuple[int, int]:
+def run_tests(paths: list[str], out: TextIO, confine: Path | None = None) -> tuple[int, int]:
     """Run the test cases under `paths`, each once; one line per case, then `N passed, N failed`.
 
     A problem in a test file or in a policy it names counts as one failure (printed once as
     `ERROR path:line: message`), so a broken file can never make the run look green; so does a
     path that holds no test case while others do. When no path holds any, nothing is written
-    and (0, 0) returned: the caller says so (`NO_CASES`) and fails.
+    and (0, 0) returned: the caller says so (`NO_CASES`) and fails. `confine`: see PolicyCache.
     """
-    cache = PolicyCache()
+    cache = PolicyCache(confine)
     passed = failed = 0
     tests, problems = discover(paths)
     reported: set[str] = set()

@@ -26,7 +26,14 @@ from bot.gitlab.snapshot import SnapshotReader, StatusCheck
 from bot.logs import get_logger
 from bot.policy.evaluate import applies, judge, needs_of
 from bot.policy.facts import FactNeeds, MergeRequestFacts
-from bot.policy.layers import FOLDER, RepositoryLayer, compile_layer, layered, short
+from bot.policy.layers import (
+    FOLDER,
+    POLICY_CHECK,
+    RepositoryLayer,
+    compile_layer,
+    layered,
+    short,
+)
 from bot.policy.loader import validate_paths
 from bot.policy.model import Outcome, Policy, PolicySet, Verdict
 from bot.policy.testing import run_tests
@@ -34,7 +41,6 @@ from bot.service.repository import RepositoryPolicies
 
 log = get_logger(__name__)
 
-POLICY_CHECK = "status-check-policies"  # the status check of MRs that change the folder
 MAX_MERGE_REQUESTS = 50  # open MRs one preview looks at, at most
 BASE_REQUESTS = 2  # the MR and its status checks, for each MR replayed
 PREVIEW_RULE = "preview"
@@ -150,9 +156,12 @@ def check_files(files: Sequence[tuple[str, bytes]]) -> Checked:
         folder = root / FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         prefix = f"{root}/"
-        problems = tuple(str(p).replace(prefix, "") for p in validate_paths([str(folder)]))
+        # The proposal is untrusted: its test files may name policy files only inside it.
+        problems = tuple(
+            str(p).replace(prefix, "") for p in validate_paths([str(folder)], confine=folder)
+        )
         out = io.StringIO()
-        passed, failed = run_tests([str(folder)], out)
+        passed, failed = run_tests([str(folder)], out, confine=folder)
         failures = tuple(
             line.replace(prefix, "")
             for line in out.getvalue().splitlines()

@@ -93,3 +93,20 @@ async def test_preview_exits_0_when_nothing_changes_and_2_on_an_invalid_folder(
     code, _, err = await preview(gitlab, tmp_path, "--policies", str(same))
     assert code == 2
     assert err == "error: give --project P (repeatable) or set PROJECTS: which MRs to replay\n"
+
+
+async def test_preview_that_cannot_read_repository_policies_exits_2_not_0(
+    gitlab: FakeGitLab, tmp_path: Path
+) -> None:
+    """GitLab fails the target branch's read: both sides would only "wait for the repository
+    policies", so no flip can show. The exit is 2 with what could not be read, never a green 0
+    in the central policy repository's CI."""
+    seed_mr(gitlab, ["conventional-title"], labels=["backend"])
+    gitlab.fail(503, times=50, path_contains="/repository/branches/")
+    proposed = write_policies(tmp_path / "proposed", PROPOSED)
+    code, out, err = await preview(gitlab, tmp_path, "--policies", str(proposed), PROJECTS="1")
+    assert code == 2, (out, err)
+    assert err.splitlines() == [
+        "error: acme/app: repository policies of reading `main`: "
+        "GitLab answered 503: Service Unavailable"
+    ]

@@ -22,7 +22,8 @@ F = ".gitlab/status-checks"
 README = (REPO / "README.md").read_text()
 SECTION = README.split("### Worked example: a team tightens the central size limit", 1)[1]
 SECTION = SECTION.split("\n## ", 1)[0]
-TEAM, CASES = re.findall(r"```yaml\n# \.gitlab/status-checks/[^\n]+\n(.*?)```", SECTION, re.S)
+# The files as a reader copies them, first comment line included (problems cite their lines).
+TEAM, CASES = re.findall(r"```yaml\n(# \.gitlab/status-checks/[^\n]+\n.*?)```", SECTION, re.S)
 
 
 def quoted_notes() -> list[str]:

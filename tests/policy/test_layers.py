@@ -144,6 +144,20 @@ def test_a_repository_file_cannot_declare_itself_replaceable_or_define_a_check_t
     assert verdict_of(policies, "y").status == "failed"
 
 
+def test_a_repository_cannot_take_over_the_bots_own_policy_check() -> None:
+    """`status-check-policies` validates and previews every later policy change: a merged
+    repository file claiming it (by `check:` or by its name) fails it instead of replacing it."""
+    reserved = "`status-check-policies` is the bot's own check of policy changes: remove it here"
+    for name, text in (
+        ("a", "check: status-check-policies\nrequire:\n  - draft: false\n"),
+        ("status-check-policies", "require:\n  - draft: false\n"),
+    ):
+        layer = compile_layer(SHA, repository(**{name: text}))
+        assert [str(p) for p in layer.problems] == [f"{FOLDER}/{name}.yml:1: {reserved}"]
+        verdict = verdict_of(layered(central(), layer), "status-check-policies")
+        assert verdict.status == "failed" and reserved in verdict.reason
+
+
 def test_a_broken_repository_file_fails_the_floor_it_adds_to_but_no_other_check() -> None:
     layer = compile_layer(
         SHA, repository(broken="check: security-review\nrequire:\n  - lables: {any: [x]}\n")

@@ -354,6 +354,38 @@ def notes_on(gitlab: FakeGitLab, iid: int) -> list[str]:
     ]
 
 
+async def test_a_proposed_test_file_cannot_make_the_bot_read_its_hosts_files(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The bot runs the test files a policy MR proposes. A `policy:` path outside the proposed
+    folder (absolute, or climbing out of it) is refused before it is opened, with the same
+    words whether or not the file exists: nothing of the host is read, quoted or probed."""
+    secret = tmp_path / "host-secret.yml"
+    secret.write_text("check: x\nmode: hunter2-secret-value\nrequire: [{draft: false}]\n")
+    seed_mr(gitlab, ["reviewed", "status-check-policies"], labels=["reviewed"])
+    gitlab.commit_files(1, "main", {f"{FOLDER}/reviewed.yml": REVIEWED})
+    case = "cases:\n  - name: a\n    mr: {title: x}\n    expect: passed\n"
+    gitlab.propose_files(
+        1,
+        1,
+        {
+            f"{FOLDER}/leak.test.yaml": f"policy: {secret}\n{case}",
+            f"{FOLDER}/probe.test.yaml": f"policy: ../../../../../../..{secret}\n{case}",
+            f"{FOLDER}/absent.test.yaml": f"policy: /nonexistent/nothing.yml\n{case}",
+        },
+    )
+    bot = await start(tmp_path, start_bot, {})
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1)["status-check-policies"] == "failed"
+    [note] = notes_on(gitlab, 1)
+    assert "hunter2" not in note and "mode must be" not in note
+    reason = (await latest(bot))["status-check-policies"]["reason"]
+    assert "hunter2" not in reason and "mode must be" not in reason
+    refused = "`policy`: name a check, or a policy file in this folder"
+    for name in ("leak", "probe", "absent"):
+        assert f"{FOLDER}/{name}.test.yaml:1: {refused}" in reason
+
+
 async def test_a_policy_mr_gets_validated_tested_and_a_read_only_preview_of_every_flip(
     gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
 ) -> None:
