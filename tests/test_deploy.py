@@ -293,7 +293,10 @@ def test_the_deployment_rolls_without_downtime() -> None:
     drain = float(container_env_value("DRAIN_DELAY") or 0)
     assert drain > noticed
     grace = pod_spec()["terminationGracePeriodSeconds"]
-    assert grace >= drain + Settings.shutdown_deadline
+    assert grace >= drain + Settings.shutdown_deadline + 15  # + handing back, closing
+    [spread] = pod_spec()["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_the_pod_runs_unprivileged_with_limits() -> None:

@@ -445,11 +445,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when policies are loaded and GitLab answered recently (see GitLabReadiness)."""
+    """Ready when policies are loaded and GitLab answered recently (see GitLabReadiness). In a
+    fleet (DATABASE_URL) GitLab trouble is a warning instead: every replica shares one GitLab,
+    so it would take them all out of the Service together, while the shared queue keeps what
+    they take (README "Running more than one")."""
     store = request.app[POLICIES]
     gitlab = request.app.get(GITLAB)
     readiness = request.app.get(READINESS)
-    problems = []
+    problems: list[str] = []
+    warnings: list[str] = []
     if request.app.get(DRAINING):
         problems.append("draining: this instance is stopping (SIGTERM)")
     if not store.loaded:
@@ -459,11 +463,11 @@ async def readyz(request: web.Request) -> web.Response:
     else:
         gitlab_problem = await readiness.problem()
         if gitlab_problem is not None:
-            problems.append(gitlab_problem)
+            fleet = request.app.get(DATABASE) is not None
+            (warnings if fleet else problems).append(gitlab_problem)
     # Degraded, not unready: the bot still decides correctly, and an unready instance gets no
     # deliveries at all (GitLab disables a hook after 4 failures). Said here, in /metrics and
     # in the logs.
-    warnings: list[str] = []
     extra: dict[str, Any] = {}
     if store.broken_since is not None:
         since = _iso(store.broken_since)

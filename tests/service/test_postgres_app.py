@@ -238,3 +238,22 @@ async def test_a_push_reaches_every_replicas_repository_policies(
             ),
             5,
         )
+
+
+async def test_in_a_fleet_gitlab_trouble_leaves_every_replica_ready_and_says_so(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """Every replica shares one GitLab: a readiness that followed GitLab would take them all out
+    of the Service together, and deliveries (GitLab does not resend them) would be refused while
+    the shared queue could have kept them. So with DATABASE_URL GitLab trouble is `degraded`
+    (200, named), and the delivery taken meanwhile is judged once GitLab answers."""
+    gitlab.fail(503, times=10_000, retry_after=0)
+    bot = await start_bot(database_url=database_url)
+    async with bot.session.get(f"{bot.url}/readyz") as resp:
+        body = await resp.json()
+    assert (resp.status, body["status"]) == (200, "degraded")
+    assert any("GitLab is unreachable" in warning for warning in body["warnings"])
+    mr = _seed(gitlab)
+    assert (await bot.deliver(mr_event(mr)))[0] == 202
+    gitlab.clear_faults()
+    await eventually(lambda: gitlab.check_status(1, mr, "conventional-title") == "passed", 15)
