@@ -112,7 +112,13 @@ async def read_mr(settings: Settings, project: int | str, iid: int, central: Pol
                 effective[0] = target.apply(central, names, facts.now)
                 files = len(target.layer.files) if target.layer is not None else 0
                 found = (
-                    "unreadable" if target.problem else plural(files, "file") if files else "none"
+                    "unreadable"
+                    if target.problem
+                    else "too many files"
+                    if target.crowded
+                    else plural(files, "file")
+                    if files
+                    else "none"
                 )
                 repository.append(f"repository policies of {facts.target_branch} ({found})")
             # Every policy, listed as a check or not: explain shows what each would say.

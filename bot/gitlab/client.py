@@ -228,8 +228,16 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
         return method in ("GET", "HEAD", "PUT", "DELETE") or url.endswith("status_check_responses")
 
     async def _request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes = b""
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes = b"",
+        *,
+        limit: int | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
+        """One request, retried; with `limit`, at most that many bytes of the answer are read
+        (see `_read_at_most`)."""
         attempt = 0
         while True:
             attempt += 1
@@ -248,7 +256,8 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
                         # without it.
                         self._session.request(method, url, headers=headers, data=body or None) as r,
                     ):
-                        status, data = r.status, await r.read()
+                        status = r.status
+                        data = await (r.read() if limit is None else _read_at_most(r, limit))
                         resp_headers: Mapping[str, str] = r.headers
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if self._on_response:
@@ -289,6 +298,21 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
                 # reads "message", and the operator (and the version probe) want the reason.
                 data, resp_headers = _error_as_message(data, resp_headers)
             return status, resp_headers, data
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most `limit` bytes of the answer; when there may be more, the connection is dropped
+    rather than read to the end (a 30 MB file costs `limit` bytes, not 30 MB)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    response.close()
+    return b"".join(chunks)
 
 
 MAX_PAGES = 500  # 50,000 items at 100 a page: far past any MR's diffs, notes or a big group
@@ -363,7 +387,14 @@ class _Pages:
             )
         return link, page + 1
 
-    async def all(self, path: str, params: dict[str, Any]) -> list[Any]:
+    async def all(
+        self,
+        path: str,
+        params: dict[str, Any],
+        until: Callable[[list[Any]], bool] | None = None,
+    ) -> list[Any]:
+        """Every item; with `until`, the items read so far once `until(page)` says that is
+        enough (it is asked of each page but the last)."""
         url = self.api.format_url(path, params)
         seen = {url}
         items: list[Any] = []
@@ -377,7 +408,7 @@ class _Pages:
                 raise self._refuse(path, f"expected a list, got {type(data).__name__}")
             items.extend(data)
             following = self._next_url(path, params, page, answer_headers, link)
-            if following is None:
+            if following is None or (until is not None and until(data)):
                 return items
             url, page = following
             if url in seen:
@@ -507,11 +538,18 @@ class GitLab:
     async def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return await self._call(self.api.getitem(path, params or {}), path)
 
-    async def get_all(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
-        """Every item of a paginated list, read from GitLab only (see `_Pages`)."""
+    async def get_all(
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        *,
+        until: Callable[[list[Any]], bool] | None = None,
+    ) -> list[Any]:
+        """Every item of a paginated list, read from GitLab only (see `_Pages`); `until(page)`
+        may stop before the last page."""
         params = {"per_page": 100, **(params or {})}
         params.pop("page", None)
-        return await self._call(self._pages.all(path, params), path)
+        return await self._call(self._pages.all(path, params, until), path)
 
     async def post(self, path: str, data: Any) -> Any:
         return await self._call(self.api.post(path, data=data), path)
@@ -728,21 +766,40 @@ class GitLab:
             raise GitLabError(502, "the branch answer names no commit", path="/branches")
         return sha
 
-    async def tree(self, project: int | str, path: str, ref: str) -> list[dict[str, Any]]:
-        """Every entry under `path` at `ref`, recursively (GET .../repository/tree, paginated).
-        GitLab answers 404 for a folder that is not there (recent versions) or `[]` (older)."""
+    async def tree(
+        self,
+        project: int | str,
+        path: str,
+        ref: str,
+        *,
+        until: Callable[[list[Any]], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every entry under `path` at `ref`, recursively (GET .../repository/tree, paginated;
+        `until(page)` may stop earlier). GitLab answers 404 for a folder that is not there
+        (recent versions) or `[]` (older)."""
         return await self.get_all(
             f"/projects/{project_ref(project)}/repository/tree",
             {"path": path, "ref": ref, "recursive": "true"},
+            until=until,
         )
 
-    async def raw_file(self, project: int | str, path: str, ref: str) -> bytes:
+    async def raw_file(
+        self, project: int | str, path: str, ref: str, *, limit: int | None = None
+    ) -> bytes:
         """A file's bytes at `ref` (GET .../repository/files/:file_path/raw, the path one
-        URL-encoded segment)."""
-        answer = await self.get(
-            f"/projects/{project_ref(project)}/repository/files/{quote(path, safe='')}/raw",
-            {"ref": ref},
-        )
+        URL-encoded segment). With `limit`, at most `limit` bytes are read (then the
+        connection is dropped): a caller that asks for one byte more than it takes learns
+        that a file is too large without holding it."""
+        where = f"/projects/{project_ref(project)}/repository/files/{quote(path, safe='')}/raw"
+
+        async def read() -> Any:
+            url = self.api.format_url(where, {"ref": ref})
+            headers = sansio.create_headers(self.api.requester, access_token=self.api.access_token)
+            headers["content-length"] = "0"  # as gidgetlab's own GETs
+            status, answer_headers, body = await self.api._request("GET", url, headers, limit=limit)
+            return sansio.decipher_response(status, answer_headers, body)[0]
+
+        answer = await self._call(read(), where)
         if answer is None:
             return b""
         if isinstance(answer, bytes):

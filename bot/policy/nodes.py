@@ -143,11 +143,16 @@ def suggest(word: str, choices: Iterable[str]) -> str:
 
 
 def too_large(path: str, size: int, limit: int, what: str) -> PolicyProblem | None:
-    """A problem when a file of `size` bytes is over `limit` (checked before it is parsed)."""
+    """A problem when a file of `size` bytes is over `limit` (checked before it is parsed).
+
+    The size is said only when it is more than `limit + 1`: a read stopped at `limit + 1`
+    bytes (a repository file, bot/service/repository.py) knows the file is larger, not its
+    size."""
     if size <= limit:
         return None
+    exact = f" ({size} bytes)" if size > limit + 1 else ""
     return PolicyProblem(
-        path, 1, f"the {what} is larger than {limit // 1024} kB ({size} bytes): split it up"
+        path, 1, f"the {what} is larger than {limit // 1024} kB{exact}: split it up"
     )
 
 

@@ -37,7 +37,7 @@ from bot.policy.layers import (
 from bot.policy.loader import validate_paths
 from bot.policy.model import Outcome, Policy, PolicySet, Verdict
 from bot.policy.testing import run_tests
-from bot.service.repository import RepositoryPolicies
+from bot.service.repository import RepositoryPolicies, TooManyFiles
 
 log = get_logger(__name__)
 
@@ -286,6 +286,11 @@ class PolicyMRs:
         """The check's policy for this MR; GitLab failing makes it wait (failed, undecided)."""
         try:
             return await self._policy_for(facts, mr)
+        except TooManyFiles as exc:  # the proposed files' problem: no waiting, a push fixes it
+            fix = f"remove files of {FOLDER}/ on this MR's branch"
+            failed = Outcome("proposed files load", False, f"not read: {exc}", fix=fix)
+            rules = (_Fixed(failed.rule, failed),)
+            return Policy(check=POLICY_CHECK, path="built in", digest="", rules=rules)
         except (GitLabError, OSError) as exc:
             # OSError: the scratch folder for `validate`/`test` failed (a full disk): wait too.
             reason = exc.advice() if isinstance(exc, GitLabError) else f"{type(exc).__name__}"
@@ -312,8 +317,8 @@ class PolicyMRs:
         proposed_ids = await self.repository.blob_ids(project, head)
         # The same folder as the target branch's (the usual case: read already) or as the
         # merge base's: nothing proposed.
-        if proposed_ids == await self.repository.blob_ids(project, target_sha) or (
-            base != target_sha and proposed_ids == await self.repository.blob_ids(project, base)
+        if await self.repository.holds(project, target_sha, proposed_ids) or (
+            base != target_sha and await self.repository.holds(project, base, proposed_ids)
         ):
             return policy_check("", None, None)
         central = self.central()

@@ -116,3 +116,20 @@ async def test_a_timeout_becomes_a_transient_gitlab_error_after_bounded_retries(
 async def test_dropped_connections_are_retried(gitlab: FakeGitLab, client: GitLab) -> None:
     gitlab.drop_connections(times=2, path_contains=MR)
     assert (await client.merge_request(1, 1))["iid"] == 1
+
+
+async def test_a_raw_file_is_read_up_to_a_limit_and_the_rest_left_unread(
+    gitlab: FakeGitLab, client: GitLab
+) -> None:
+    """`raw_file(limit=n)` gives at most n bytes (a caller asks one more than it takes, to
+    know a file is larger); the connection it dropped does not trouble the next request, and
+    GitLab's errors are still errors."""
+    huge = b"x" * 30_000_000
+    gitlab.commit_files(1, "main", {"big.yml": huge, "small.yml": b"check: a\n"})
+    assert await client.raw_file(1, "big.yml", "main", limit=1001) == b"x" * 1001
+    assert await client.raw_file(1, "small.yml", "main", limit=1001) == b"check: a\n"
+    assert await client.raw_file(1, "small.yml", "main") == b"check: a\n"
+    with pytest.raises(GitLabError) as caught:
+        await client.raw_file(1, "missing.yml", "main", limit=1001)
+    assert caught.value.status == 404
+    assert (await client.merge_request(1, 1))["iid"] == 1

@@ -14,6 +14,7 @@ import pytest
 
 from bot.__main__ import main
 from bot.cli.explain import explain
+from bot.policy.nodes import MAX_POLICY_BYTES
 from bot.service.app import EVALUATOR, RECORD
 from tests import payloads
 from tests.builders import seed_mr
@@ -536,3 +537,123 @@ async def test_a_push_to_a_branch_no_judged_mr_targets_costs_nothing(
     assert status == 202
     await bot.settle()
     assert gitlab.calls == []
+
+
+# -- sizes: a huge file, too many files ----------------------------------------------------------
+
+
+def policy_files(count: int, prefix: str = "c") -> dict[str, str | bytes | None]:
+    return {
+        f"{FOLDER}/{prefix}{n:03}.yml": f"check: {prefix}{n:03}\nrequire:\n  - draft: false\n"
+        for n in range(count)
+    }
+
+
+async def test_a_huge_repository_file_fails_its_own_check_and_is_not_held_whole(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A 30 MB `big.yml` on main: the bot reads no more of it than a policy file may hold
+    (plus one byte, to know it is over), fails the check it would define with `file:1:` and
+    a true reason (larger than the limit: its exact size was never read), and leaves the other
+    checks alone. What the bot keeps of it is bounded by the limit, not by the file."""
+    seed_mr(gitlab, [*CHECKS, "big"], labels=["team", "reviewed"])
+    huge = b"check: big\nrequire:\n  - draft: false\n" + b"# padding\n" * 3_000_000
+    gitlab.commit_files(1, "main", {f"{FOLDER}/big.yml": huge, f"{FOLDER}/r.yml": REVIEWED})
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1) == {
+        "conventional-title": "passed",
+        "labelled": "passed",
+        "reviewed": "passed",
+        "big": "failed",
+    }
+    rows = await latest(bot)
+    assert rows["big"]["reason"].endswith(
+        f"{FOLDER}/big.yml:1: the policy file is larger than 64 kB: split it up"
+    )
+    blobs = bot.app[EVALUATOR].repository._blobs
+    held = sum(len(data) for data in blobs.values())
+    assert held <= MAX_POLICY_BYTES + 1 + len(REVIEWED)
+
+
+async def test_more_than_100_policy_files_fail_every_check_closed_once_per_commit(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """101 policy files on main: not a GitLab outage but the repository's problem. Every
+    listed check fails at once (the folder could define any of them), says why at
+    `.gitlab/status-checks:1` and what to do, does not wake itself up, and the same head is
+    never read again. Far more files: the tree is not read past the page that tells."""
+    seed_mr(gitlab, CHECKS, labels=["team", "reviewed"])
+    main = gitlab.commit_files(1, "main", policy_files(101))
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1) == dict.fromkeys(CHECKS, "failed")
+    rows = await latest(bot)
+    problem = f"{FOLDER}:1: 101 policy and test files, at most 100"
+    assert rows["reviewed"]["reason"] == (
+        f"repository {FOLDER}@{main[:12]}: the repository policies are not read: {problem}"
+    )
+    for check in CHECKS:
+        assert problem in rows[check]["reason"] or any(
+            problem in text for text in leaves(rows[check]["outcome"])
+        ), rows[check]
+        assert rows[check]["wake_at"] is None
+    assert rows["reviewed"]["outcome"]["fix"] == (
+        f"remove policy or test files from {FOLDER}/ of `main` (by merge request): "
+        "at most 100 are read"
+    )
+    gitlab.reset_calls()
+    await deliver(bot, gitlab)
+    assert repository_reads(gitlab) == []  # no extra request per evaluation
+    assert gitlab.statuses(1, 1) == dict.fromkeys(CHECKS, "failed")
+
+    after = gitlab.commit_files(1, "main", policy_files(250, prefix="d"))
+    gitlab.reset_calls()
+    status, body = await bot.deliver(gitlab.push_hook(1, "main", main, after), event="Push Hook")
+    assert status == 202, body
+    await bot.settle()
+    assert len(gitlab.calls_to("GET", "/repository/tree")) == 2  # 100 a page: 200 tell
+    assert gitlab.calls_to("GET", "/repository/files/") == []
+    rows = await latest(bot)
+    assert rows["reviewed"]["reason"].endswith(
+        f"{FOLDER}:1: at least 200 policy and test files, at most 100"
+    )
+
+
+async def test_100_policy_files_and_any_number_of_other_files_are_read(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The limit counts policy and test files only: 500 fixtures in a subfolder do not count
+    (and are never downloaded)."""
+    seed_mr(gitlab, CHECKS, labels=["team", "reviewed"])
+    files = {**policy_files(99), f"{FOLDER}/r.yml": REVIEWED}
+    files |= {f"{FOLDER}/fixtures/f{n:03}.json": "{}" for n in range(500)}
+    gitlab.commit_files(1, "main", files)
+    bot = await start(tmp_path, start_bot)
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1) == dict.fromkeys(CHECKS, "passed")
+    assert len(gitlab.calls_to("GET", "/repository/files/")) == 100
+    rows = await latest(bot)
+    assert rows["reviewed"]["policy_path"].startswith(f"repository {FOLDER}/r.yml@")
+
+
+async def test_a_policy_mr_with_too_many_files_fails_its_check_and_does_not_wait(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """An MR proposing 102 policy files: `status-check-policies` fails (the files are the
+    MR's problem, not GitLab's), wakes nothing up, and judging the same head again reads
+    nothing of the repository."""
+    seed_mr(gitlab, ["reviewed", "status-check-policies"], labels=["team", "reviewed"])
+    gitlab.commit_files(1, "main", {f"{FOLDER}/reviewed.yml": REVIEWED})
+    gitlab.propose_files(1, 1, policy_files(101))
+    bot = await start(tmp_path, start_bot, {})
+    await deliver(bot, gitlab)
+    assert gitlab.statuses(1, 1) == {"reviewed": "passed", "status-check-policies": "failed"}
+    rows = await latest(bot)
+    row = rows["status-check-policies"]
+    assert f"{FOLDER}:1: 102 policy and test files, at most 100" in row["reason"]
+    assert row["wake_at"] is None
+    gitlab.reset_calls()
+    await deliver(bot, gitlab)
+    assert repository_reads(gitlab) == []
+    assert gitlab.statuses(1, 1)["status-check-policies"] == "failed"
