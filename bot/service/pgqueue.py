@@ -165,24 +165,43 @@ RETURNING w.key, w.running_hint::text AS hint, w.claim
 """
 
 # $2: the handler's delay (NULL: nothing more to do; <= 0: again at once; > 0: a timer).
-_FINISH = """
-UPDATE bot_work SET
-    owner = NULL,
-    claim = NULL,
-    lease_until = NULL,
-    requested = requested OR coalesce($2::float8 <= 0, false),
-    hint = CASE WHEN requested THEN hint ELSE running_hint END,
-    turn = CASE
-        WHEN requested THEN turn
-        WHEN coalesce($2::float8 <= 0, false) THEN nextval('bot_turns')
-        ELSE NULL END,
-    wake_at = CASE
-        WHEN requested OR $2::float8 IS NULL OR $2::float8 <= 0 THEN NULL
-        ELSE clock_timestamp() + make_interval(secs => $2::float8) END,
-    running_hint = NULL,
-    touched = now()
-WHERE key = $1 AND claim = $3
-RETURNING requested OR wake_at IS NOT NULL
+# `again`: the claim no longer matches (its lease ran out and the key was put back in line, maybe
+# run by another replica meanwhile). This run may have judged an older state than the one the
+# other run saw, so the key is asked for once more: the newest state is judged last.
+_FINISH = f"""
+WITH done AS (
+    UPDATE bot_work SET
+        owner = NULL,
+        claim = NULL,
+        lease_until = NULL,
+        requested = requested OR coalesce($2::float8 <= 0, false),
+        hint = CASE WHEN requested THEN hint ELSE running_hint END,
+        turn = CASE
+            WHEN requested THEN turn
+            WHEN coalesce($2::float8 <= 0, false) THEN nextval('bot_turns')
+            ELSE NULL END,
+        wake_at = CASE
+            WHEN requested OR $2::float8 IS NULL OR $2::float8 <= 0 THEN NULL
+            ELSE clock_timestamp() + make_interval(secs => $2::float8) END,
+        running_hint = NULL,
+        touched = now()
+    WHERE key = $1 AND claim = $3
+    RETURNING requested OR wake_at IS NOT NULL AS pending
+), again AS (
+    INSERT INTO bot_work AS w (key, requested, background, hint, turn)
+    SELECT $1, true, false, $4::jsonb, nextval('bot_turns') WHERE NOT EXISTS (SELECT 1 FROM done)
+    ON CONFLICT (key) DO UPDATE SET
+        requested = true,
+        background = false,
+        hint = coalesce(w.hint, excluded.hint),
+        turn = CASE WHEN w.requested AND NOT w.background THEN w.turn ELSE excluded.turn END,
+        touched = now()
+    RETURNING key
+)
+SELECT
+    coalesce((SELECT pending FROM done), false) AS pending,
+    EXISTS (SELECT 1 FROM again) AS again,
+    (SELECT count(pg_notify('{WORK_CHANNEL}', '')) FROM again) AS notified
 """
 
 # Claims of this replica given back (a graceful stop) or of anyone whose lease ran out.
@@ -192,13 +211,18 @@ UPDATE bot_work SET owner = NULL, claim = NULL, lease_until = NULL, requested = 
     running_hint = NULL, touched = now()
 WHERE owner = $1
 """
+# `expired` reads the owner before the UPDATE clears it (RETURNING gives the new row's values).
 _REAP = f"""
-WITH reaped AS (
-    UPDATE bot_work SET owner = NULL, claim = NULL, lease_until = NULL, requested = true,
-        hint = coalesce(hint, running_hint), turn = coalesce(turn, nextval('bot_turns')),
-        running_hint = NULL, touched = now()
+WITH expired AS (
+    SELECT key, owner FROM bot_work
     WHERE owner IS NOT NULL AND lease_until < clock_timestamp()
-    RETURNING key, owner
+    FOR UPDATE SKIP LOCKED
+), reaped AS (
+    UPDATE bot_work w SET owner = NULL, claim = NULL, lease_until = NULL, requested = true,
+        hint = coalesce(w.hint, w.running_hint), turn = coalesce(w.turn, nextval('bot_turns')),
+        running_hint = NULL, touched = now()
+    FROM expired WHERE w.key = expired.key
+    RETURNING w.key, expired.owner
 )
 SELECT key, owner, pg_notify('{WORK_CHANNEL}', '') FROM reaped
 """
@@ -216,9 +240,12 @@ SELECT
 FROM bot_work
 """
 
+# Returns the claims renewed: a claim missing from them was lost (docs/queue.md, "A lease that
+# runs out while its owner still works").
 _HEARTBEAT = """
 UPDATE bot_work SET lease_until = clock_timestamp() + make_interval(secs => $2)
 WHERE owner = $1 AND claim = ANY($3::bigint[])
+RETURNING claim
 """
 
 _CLEAN = """
@@ -229,6 +256,15 @@ WITH idle AS (
 )
 DELETE FROM bot_deliveries WHERE at < now() - make_interval(secs => $2)
 """
+
+
+@dataclasses.dataclass
+class _Run:
+    """One evaluation running here, under one claim."""
+
+    key: str
+    task: asyncio.Future[float | None] | None = None  # the handler's
+    lost: bool = False  # a heartbeat found the claim gone: the handler was cancelled
 
 
 class PgQueue(Generic[K]):
@@ -260,7 +296,11 @@ class PgQueue(Generic[K]):
         # waking them all would send one empty claim per idle worker.
         self._idle: list[asyncio.Event] = []
         self._look = asyncio.Event()  # the dispatcher should look at the table (due times)
-        self._claims: dict[str, int] = {}  # running here: key text -> claim
+        # Running here, by claim (not by key: a key whose lease ran out may be claimed again
+        # by this replica while the first run is still ending).
+        self._claims: dict[int, _Run] = {}
+        self._beating = False  # the heartbeat runs until the last evaluation here has ended
+        self._beat: asyncio.Task[None] | None = None
         self._inner: set[asyncio.Task[Any]] = set()  # submits made from a handler or a timer
         self._submit_order = asyncio.Lock()  # `submit`s reach the table in the order made
         # Deliveries accepted while PostgreSQL was unreachable: (delivery digest, rows), sent
@@ -442,7 +482,9 @@ class PgQueue(Generic[K]):
             for n, wake in enumerate(self._wakes)
         ]
         self._tasks.append(asyncio.create_task(self._dispatch(), name="work-dispatch"))
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="work-heartbeat"))
+        self._beating = True
+        self._beat = asyncio.create_task(self._heartbeat(), name="work-heartbeat")
+        self._tasks.append(self._beat)
 
     def _wake_one(self) -> None:
         """Work may have arrived: one idle worker tries a claim (busy ones claim again as they
@@ -455,14 +497,15 @@ class PgQueue(Generic[K]):
         self._look.set()
 
     async def stop(self, deadline: float = 10.0) -> int:
-        """Stop claiming; let running evaluations finish up to `deadline`; give the rest back to
-        the fleet (another replica takes them at once); return the keys given back."""
+        """Stop claiming; let running evaluations finish up to `deadline`, their leases kept
+        alive meanwhile (else another replica would start them too); give the rest back to the
+        fleet (another replica takes them at once); return the keys given back."""
         self._accepting = False
         for wake in self._wakes:
             wake.set()
         self._look.set()
         workers = self._tasks[: self._workers]
-        helpers = self._tasks[self._workers :]
+        helpers = [task for task in self._tasks[self._workers :] if task is not self._beat]
         for task in helpers:
             task.cancel()
         if workers:
@@ -471,8 +514,14 @@ class PgQueue(Generic[K]):
         for task in workers:
             task.cancel()
         # Bounded: a task that lost its cancellation must not hold up the stop.
+        if workers:
+            await asyncio.wait(workers, timeout=3)
+        self._beating = False  # only now: the runs have ended (or were cancelled)
+        if self._beat is not None:
+            self._beat.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=3)
+        self._beat = None
         self._tasks = []
         for task in list(self._inner):
             task.cancel()
@@ -517,33 +566,50 @@ class PgQueue(Generic[K]):
             await self._run(str(item["key"]), item["hint"], int(item["claim"]))
 
     async def _run(self, text: str, hint_text: str | None, claim: int) -> None:
-        self._claims[text] = claim
-        key = self.codec.unkey(text)
-        hint = self.codec.unhint(hint_text)
-        delay: float | None = None
+        run = self._claims[claim] = _Run(text)
         try:
+            key = self.codec.unkey(text)
+            hint = self.codec.unhint(hint_text)
+            delay: float | None = None
             self.evaluations += 1
-            delay = await self._handler(key, hint)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("evaluation_crashed", key=str(key))
-        # What the evaluation queued (a branch's MRs) is committed before its key is finished.
-        if self._inner:
-            await asyncio.gather(*list(self._inner), return_exceptions=True)
-        if await self._finish(text, claim, delay):
-            self._look.set()  # asked for again meanwhile, or a timer: the dispatcher times it
-        self._claims.pop(text, None)
+            # A task of its own, so that a heartbeat that finds the claim lost can cancel it
+            # before it posts a verdict another replica may already have replaced.
+            run.task = asyncio.ensure_future(self._handler(key, hint))
+            try:
+                delay = await run.task
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if not run.lost or (me is not None and me.cancelling()):
+                    raise  # this worker is being stopped
+            except Exception:
+                log.exception("evaluation_crashed", key=str(key))
+            # What the evaluation queued (a branch's MRs) is committed before its key is finished.
+            if self._inner:
+                await asyncio.gather(*list(self._inner), return_exceptions=True)
+            if await self._finish(text, claim, delay, hint_text):
+                self._look.set()  # asked for again meanwhile, or a timer: the dispatcher times it
+        finally:
+            self._claims.pop(claim, None)
 
-    async def _finish(self, text: str, claim: int, delay: float | None) -> bool:
+    async def _finish(
+        self, text: str, claim: int, delay: float | None, hint_text: str | None
+    ) -> bool:
         """Give the key back with what comes next; retried while PostgreSQL is away (the lease
-        may run out meanwhile: then another replica has already put it back in line)."""
+        may run out meanwhile: then another replica has already put it back in line). A claim
+        that no longer matches asks for the key once more (`_FINISH`)."""
         wait = 0.1
         while True:
             try:
-                pending = await self.db.fetchval(_FINISH, text, delay, claim)
+                row = await self.db.fetchrow(_FINISH, text, delay, claim, hint_text)
                 self.db.ok()
-                return bool(pending)
+                if row is not None and row["again"]:
+                    log.warning(
+                        "work_claim_lost",
+                        key=text,
+                        effect="its lease ran out before the run ended; the key is judged again",
+                    )
+                    return True
+                return bool(row is not None and row["pending"])
             except DB_ERRORS as exc:
                 self.db.failed(exc, "finish")
                 if not self._accepting:
@@ -552,13 +618,32 @@ class PgQueue(Generic[K]):
                 wait = min(2.0, wait * 2)
 
     async def _heartbeat(self) -> None:
-        while self._accepting:
+        """Renew the leases of the runs here; cancel a run whose claim is gone (its lease ran
+        out, e.g. PostgreSQL was out of reach for longer: another replica may be running the
+        key now), so it does not post what it judged. Runs until `stop` has seen the last
+        evaluation here end."""
+        while self._beating:
             await asyncio.sleep(min(HEARTBEAT, self.lease / 4))
             if not self._claims:
                 continue
-            with contextlib.suppress(*DB_ERRORS):
-                await self.db.execute(
-                    _HEARTBEAT, self.owner, self.lease, list(self._claims.values())
+            claims = list(self._claims)
+            try:
+                rows = await self.db.fetch(_HEARTBEAT, self.owner, self.lease, claims)
+            except DB_ERRORS:
+                continue
+            renewed = {int(row["claim"]) for row in rows}
+            for claim in claims:
+                run = self._claims.get(claim)
+                if claim in renewed or run is None or run.lost:
+                    continue
+                if run.task is None or run.task.done():
+                    continue  # finished meanwhile (its finish cleared the claim)
+                run.lost = True
+                run.task.cancel()
+                log.warning(
+                    "work_lease_lost",
+                    key=run.key,
+                    effect="its evaluation is stopped before it posts; the key is judged again",
                 )
 
     async def _dispatch(self) -> None:

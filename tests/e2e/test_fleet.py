@@ -125,7 +125,9 @@ async def test_a_delivery_acknowledged_by_a_killed_replica_is_judged_by_another_
     await judged_within(gitlab, 2, killed, 10)
     assert len(gitlab.status_posts()) == 2
     survivor = next(r for r in replicas[1:] if r is not running)
-    assert survivor.events("work_recovered"), "the verdict did not come through the lease"
+    recovered = survivor.events("work_recovered")
+    assert recovered, "the verdict did not come through the lease"
+    assert recovered[0]["owner"] == owner  # the killed replica is named, not None
     assert not any(r.events("sweep_finished")[1:] for r in replicas)
 
 
@@ -308,3 +310,38 @@ async def test_replicas_stopped_under_traffic_exit_promptly(
             stop.set()
             await task
             assert codes == [0, 0]
+
+
+async def test_a_stopping_replica_keeps_its_lease_so_the_newest_state_is_judged_last(
+    gitlab: FakeGitLab, fleet: Fleet, database_url: str
+) -> None:
+    """A rolling deploy stops the replica that is posting `failed` for the title "wip" (a slow
+    POST, 7 s, longer than the 5 s lease) just after the title became "feat: ready". The stopping
+    replica keeps its lease while it finishes, so the other one takes the MR only after it and
+    judges the new title last: the MR ends `passed`, and no lease was recovered. (With the
+    heartbeat stopped at SIGTERM, the other replica took the MR over at 5 s, posted `passed`,
+    and the old `failed` landed after it.)"""
+    seed_mr(gitlab, CHECKS, iid=1, title="wip", sha=SHA)
+    fleet.settings = {"SHUTDOWN_DEADLINE": 20, "DRAIN_DELAY": 0.2}
+    replicas = list(await asyncio.gather(fleet.start(), fleet.start()))
+    posting = asyncio.Event()
+
+    async def slow_post(call: Call) -> None:
+        posting.set()
+        await asyncio.sleep(7)  # under GITLAB_TIMEOUT (10 s): the POST is not retried
+
+    gitlab.on_request("POST", "/status_check_responses", slow_post, times=1)
+    async with aiohttp.ClientSession() as session:
+        status, _ = await deliver(session, replicas[0], merge_request_hook(iid=1, sha=SHA), "a")
+        assert status == 202
+        await asyncio.wait_for(posting.wait(), 5)
+        owner = await owner_of(database_url, 1)
+        running = next(r for r in replicas if f":{r.proc.pid}:" in str(owner))
+        other = next(r for r in replicas if r is not running)
+        gitlab.update_mr(1, 1, title="feat: ready")
+        status, _ = await deliver(session, other, merge_request_hook(iid=1, sha=SHA), "b")
+        assert status == 202
+        assert await fleet.stop(running, limit=30) == 0
+    await idle(database_url)
+    assert gitlab.check_status(1, 1, "conventional-title") == "passed"
+    assert not other.events("work_recovered")

@@ -6,13 +6,16 @@ the background lane runs last."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from bot.service import pgqueue
 from bot.service.database import Database
 from bot.service.pgqueue import PgQueue
 from bot.service.queue import CoalescingQueue
@@ -271,3 +274,166 @@ async def test_a_returned_delay_reschedules_and_zero_reruns_at_once(
     # The timer fires: soon after its 0.2 s, and within a poll (1 s) however busy the machine.
     await eventually(lambda: calls.count("later") == 2, 3)
     await asyncio.wait_for(queue.join(), 10)
+
+
+# -- leases (PostgreSQL only): a claim lost while its owner still works -------------------------
+
+
+def failing_heartbeats(queue: PgQueue[Any], monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """While the returned event is set, this replica's heartbeats fail as if PostgreSQL were
+    unreachable for them alone (its claims and reaper still get through): its leases run out."""
+    cut = asyncio.Event()
+    db = queue.db
+    for name in ("execute", "fetch", "fetchrow", "fetchval"):
+        real = getattr(db, name)
+
+        async def call(sql: str, *args: Any, _real: Any = real) -> Any:
+            if sql == pgqueue._HEARTBEAT and cut.is_set():
+                raise ConnectionResetError("cut off (test)")
+            return await _real(sql, *args)
+
+        monkeypatch.setattr(db, name, call)
+    return cut
+
+
+def recovered_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    lines = []
+    for line in capsys.readouterr().err.splitlines():
+        with contextlib.suppress(ValueError):
+            lines.append(json.loads(line))
+    return [line for line in lines if line.get("event") == "work_recovered"]
+
+
+async def test_a_key_claimed_again_by_the_same_replica_keeps_its_lease(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Heartbeats fail for longer than the lease while a run is under way; the replica's own
+    reaper puts the key back and the replica claims it again. When the first run ends it must
+    not take the second run's heartbeat with it: the second run keeps its lease, the key is
+    not recovered a second time, and no third run starts. The recovery names the old owner."""
+    monkeypatch.setattr(pgqueue, "REAP_EVERY", 0.2)
+    events: list[str] = []
+    first_may_end = asyncio.Event()
+    second_started = asyncio.Event()
+
+    async def handler(key: str, hint: Any) -> None:
+        n = sum(event.startswith("start") for event in events) + 1
+        events.append(f"start {n}")
+        try:
+            if n == 1:
+                await first_may_end.wait()
+            elif n == 2:
+                second_started.set()
+                await asyncio.sleep(2.5)  # well over the lease and a reap
+        finally:
+            events.append(f"end {n}")
+
+    db = Database(database_url, pool_size=6)
+    queue: PgQueue[Any] = PgQueue(handler, db, workers=2, lease=1.0)
+    cut = failing_heartbeats(queue, monkeypatch)
+    try:
+        await started(queue)
+        capsys.readouterr()
+        await put(queue, "mr")
+        await eventually(lambda: events == ["start 1"], 5)
+        cut.set()
+        await asyncio.wait_for(second_started.wait(), 5)
+        cut.clear()
+        first_may_end.set()
+        await eventually(lambda: "end 2" in events, 10)
+        await asyncio.wait_for(queue.join(), 10)
+    finally:
+        await queue.stop(deadline=1.0)
+        await db.close()
+    second = events[events.index("start 2") : events.index("end 2")]
+    assert "start 3" not in second, events  # nothing else ran while the second run held it
+    assert queue.recovered == 1
+    assert [line.get("owner") for line in recovered_lines(capsys)] == [queue.owner]
+
+
+async def test_a_run_whose_lease_was_lost_stops_and_the_key_is_judged_again(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replica A's heartbeats fail past its lease mid-run; replica B takes the key over and
+    finishes it. When A's heartbeat gets through again it renews nothing: A's run is cancelled
+    before it posts, and because A's finish no longer matches, the key runs once more after it,
+    so the newest state is judged last."""
+    monkeypatch.setattr(pgqueue, "REAP_EVERY", 0.2)
+    events: list[str] = []
+    may_post = asyncio.Event()
+
+    async def handler(key: str, hint: Any) -> None:
+        n = sum(event.startswith("start") for event in events) + 1
+        events.append(f"start {n}")
+        if n == 1:
+            try:
+                await may_post.wait()
+            except asyncio.CancelledError:
+                events.append("cancelled 1")
+                raise
+        events.append(f"post {n}")
+
+    databases = [Database(database_url, pool_size=6) for _ in range(2)]
+    a: PgQueue[Any] = PgQueue(handler, databases[0], workers=2, lease=1.0)
+    b: PgQueue[Any] = PgQueue(handler, databases[1], workers=2, lease=1.0)
+    cut = failing_heartbeats(a, monkeypatch)
+    try:
+        await started(a)
+        await put(a, "mr")
+        await eventually(lambda: events == ["start 1"], 5)
+        cut.set()
+        await started(b)
+        await eventually(lambda: "post 2" in events, 10)
+        cut.clear()
+        with contextlib.suppress(AssertionError):  # judged below
+            await eventually(lambda: "cancelled 1" in events, 3)
+        may_post.set()
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(a.join(), 10)
+    finally:
+        for queue in (a, b):
+            await queue.stop(deadline=1.0)
+        for db in databases:
+            await db.close()
+    assert "post 1" not in events, events
+    assert events.index("cancelled 1") < events.index("start 3"), events
+    assert events[-1] == "post 3", events
+
+
+async def test_a_graceful_stop_keeps_the_lease_of_a_run_until_it_ends(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica is stopped while a run takes longer than the lease: it keeps the heartbeat
+    going until the run ends, so no other replica starts the key meanwhile; then it gives the
+    key back."""
+    monkeypatch.setattr(pgqueue, "REAP_EVERY", 0.2)
+    overlap = Overlap()
+    began = asyncio.Event()
+
+    async def handler(key: str, hint: Any) -> None:
+        overlap.enter(key, hint)
+        began.set()
+        try:
+            await asyncio.sleep(2.5 if hint == "slow" else 0.01)
+        finally:
+            overlap.leave(key)
+
+    databases = [Database(database_url, pool_size=6) for _ in range(2)]
+    a: PgQueue[Any] = PgQueue(handler, databases[0], workers=2, lease=1.0)
+    b: PgQueue[Any] = PgQueue(handler, databases[1], workers=2, lease=1.0)
+    try:
+        await started(a)
+        await put(a, "mr", "slow")
+        await asyncio.wait_for(began.wait(), 5)
+        await started(b)
+        await put(b, "mr", "after")  # asked again while A runs: B runs it after A
+        assert await a.stop(deadline=10.0) == 0
+        await asyncio.wait_for(b.join(), 10)
+    finally:
+        for queue in (a, b):
+            await queue.stop(deadline=1.0)
+        for db in databases:
+            await db.close()
+    assert overlap.worst == 1
+    assert b.recovered == 0
+    assert overlap.runs == [("mr", "slow"), ("mr", "after")]
