@@ -29,7 +29,6 @@ from bot.service.database import (
     WORK_CHANNEL,
     Database,
     data_error,
-    describe,
     unreachable,
 )
 
@@ -366,7 +365,7 @@ class PgQueue(Generic[K]):
             refused: Accepted = "invalid" if data_error(exc) else "failed"
             log.error(
                 "delivery_not_stored",
-                error=describe(exc),
+                error=self.db.describe(exc),
                 keys=[key for key, _, _ in held],
                 effect="refused with a 400 (a value PostgreSQL cannot store)"
                 if refused == "invalid"
@@ -404,7 +403,7 @@ class PgQueue(Generic[K]):
                     self._held.pop(0)
                     log.error(
                         "held_delivery_dropped",
-                        error=describe(exc),
+                        error=self.db.describe(exc),
                         keys=[key for key, _, _ in rows],
                         effect="PostgreSQL cannot store it; the sweep will heal its MRs",
                     )
@@ -413,7 +412,9 @@ class PgQueue(Generic[K]):
                     self.db.failed(exc, "enqueue")
                 else:
                     self.db.ok()
-                    log.warning("held_delivery_refused", error=describe(exc), retry_in=delay)
+                    log.warning(
+                        "held_delivery_refused", error=self.db.describe(exc), retry_in=delay
+                    )
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue
