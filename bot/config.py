@@ -6,11 +6,12 @@ A bad setting must stop the bot before it accepts traffic, with one line that sa
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, unquote, urlparse
 
 
 class ConfigError(Exception):
@@ -99,9 +100,20 @@ def _masked(url: str) -> str:
     return f"{scheme}{sep}{authority}{slash}{path}"
 
 
+_QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&]*")
+
+
 def masked_url(url: str) -> str:
-    """A URL as logs and messages may show it (any user:password@ replaced by `***@`)."""
-    return _masked(url)
+    """A database URL as logs and messages may show it: everything between `://` and the last
+    `@` (user and password, whatever characters the password holds) replaced by `***`, and the
+    value of any `password=` parameter by `***`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    rest = _QUERY_PASSWORD.sub(r"\1***", rest)
+    return f"{scheme}{sep}{rest}"
 
 
 def _checked_url(name: str, url: str) -> str:
@@ -153,14 +165,31 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     return value
 
 
-def database_password(url: str | None) -> str | None:
-    """The password in DATABASE_URL, if any: logs mask it like the other secrets."""
+def database_passwords(url: str | None) -> list[str]:
+    """Every password DATABASE_URL holds (in its user part, or libpq's `password=` parameter),
+    as written and percent-decoded: logs mask them like the other secrets. Read without a URL
+    parser, so an unencoded `/`, `#`, `?` or `@` in a password cannot hide it."""
     if not url:
-        return None
-    try:
-        return urlparse(url).password or None
-    except ValueError:
-        return None
+        return []
+    found: list[str] = []
+    rest = url.partition("://")[2]
+    if "@" in rest:
+        userinfo = rest.rpartition("@")[0]
+        if ":" in userinfo:
+            found.append(userinfo.partition(":")[2])
+    query = rest.partition("?")[2]
+    found += [
+        value for name, value in parse_qsl(query, keep_blank_values=False) if name == "password"
+    ]
+    found += [match.group(0)[len("password=") :] for match in _QUERY_PASSWORD.finditer(query)]
+    found += [unquote(p) for p in found]
+    return [p for p in dict.fromkeys(found) if p]
+
+
+def database_password(url: str | None) -> str | None:
+    """The password in DATABASE_URL, if any (the user part's, else the `password=` parameter's)."""
+    passwords = database_passwords(url)
+    return passwords[0] if passwords else None
 
 
 def _database_url(env: Mapping[str, str]) -> str | None:
@@ -171,14 +200,26 @@ def _database_url(env: Mapping[str, str]) -> str | None:
     scheme = url.partition("://")[0].lower()
     if scheme not in ("postgresql", "postgres"):
         raise ConfigError(
-            f"DATABASE_URL {_masked(url)!r} is not a postgresql:// URL "
+            f"DATABASE_URL {masked_url(url)!r} is not a postgresql:// URL "
             "(e.g. postgresql://bot:secret@db.example.com:5432/statusbot)"
         )
+    # urllib's message may quote the password (a `/`, `#` or `?` in it ends the host part
+    # early, and the rest is read as a port): it is never shown.
     try:
         parsed = urlparse(url)
         parsed.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ConfigError(f"DATABASE_URL {_masked(url)!r} is not a valid URL: {exc}") from None
+        valid = bool(parsed.hostname) or parsed.netloc == ""
+        # An `@` past the host part: the user part was cut short (a `/` or `#` in a password).
+        # asyncpg splits the user part at the first `@`, urllib at the last: encode the others.
+        valid = valid and "@" not in parsed.path + parsed.fragment and parsed.netloc.count("@") < 2
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(
+            f"DATABASE_URL {masked_url(url)!r} is not a valid URL: its host or port cannot be "
+            "read (percent-encode any `/`, `#`, `?`, `@` or `:` in the user name or password, "
+            "e.g. `/` as %2F)"
+        )
     return url
 
 

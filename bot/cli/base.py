@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 
-from bot.config import ConfigError, Settings, database_password, load_settings
+from bot.config import ConfigError, Settings, database_passwords, load_settings
 from bot.terminal import printable
 
 
@@ -38,7 +38,7 @@ def secrets_of(settings: Settings) -> list[str]:
             settings.webhook_secret,
             settings.status_check_secret,
             settings.link_secret,
-            database_password(settings.database_url),
+            *database_passwords(settings.database_url),
         )
         if s
     ]

@@ -28,7 +28,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from bot.config import masked_url
+    from bot.config import database_passwords, masked_url
     from bot.service.database import DB_ERRORS
     from bot.service.record import StateError
     from bot.service.schema import SchemaError, migrate_url
@@ -38,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
     url = settings.database_url
     if url is None:
         return fail("DATABASE_URL is not set: migrate moves state into PostgreSQL")
+
+    def scrubbed(text: str) -> str:  # an error's text never carries the URL's password
+        for secret in database_passwords(url):
+            text = text.replace(secret, "***")
+        return text
+
     try:
         if args.from_state_dir is not None:
             copied = asyncio.run(copy_record(args.from_state_dir, url))
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             done = f"applied versions {applied}" if applied else "already up to date"
             print(f"schema of {masked_url(url)}: {done}")
     except (StateError, SchemaError) as exc:
-        return fail(str(exc), 1)
+        return fail(scrubbed(str(exc)), 1)
     except (asyncpg.PostgresError, *DB_ERRORS) as exc:
-        return fail(f"PostgreSQL at {masked_url(url)}: {type(exc).__name__}: {exc}", 1)
+        return fail(scrubbed(f"PostgreSQL at {masked_url(url)}: {type(exc).__name__}: {exc}"), 1)
     return 0

@@ -14,7 +14,7 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -29,7 +29,12 @@ from bot.service.database import BRANCH_CHANNEL, DB_ERRORS, Database
 from bot.service.decide import Decision, Evaluator
 from bot.service.details import LINK_KEY, Sources, links_ctx
 from bot.service.details import add_routes as add_details_routes
-from bot.service.intake import OffLoopInterpreter, make_webhook_handler, webhook_method_not_allowed
+from bot.service.intake import (
+    Accepted,
+    OffLoopInterpreter,
+    make_webhook_handler,
+    webhook_method_not_allowed,
+)
 from bot.service.leader import SweepLeader
 from bot.service.metrics import Metrics
 from bot.service.pgqueue import PgQueue, WorkCodec
@@ -540,7 +545,7 @@ def create_app(settings: Settings, store: PolicyStore | None = None) -> web.Appl
 
     async def accept(
         delivery_id: str | None, work: list[tuple[MRKey | BranchKey, Hint]]
-    ) -> Literal["queued", "held", "duplicate", "unavailable"]:
+    ) -> Accepted:
         """DATABASE_URL: commit the delivery to the fleet's queue before answering it."""
         queue = app.get(QUEUE)
         if not isinstance(queue, PgQueue):

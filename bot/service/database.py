@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from bot.config import masked_url
+from bot.config import database_passwords, masked_url
 from bot.logs import get_logger
 from bot.service.schema import SchemaError, migrate
 
@@ -38,6 +38,30 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+# SQLSTATEs of a server that is going away or cannot take a connection now: admin_shutdown,
+# crash_shutdown, cannot_connect_now (a restart), too_many_connections (a full server).
+_UNREACHABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says PostgreSQL cannot be reached now (waiting cures it), as opposed to an
+    answer about the statement itself (a value it cannot store, a limit, a bug): only the former
+    may hold a delivery for later, or be shown as "PostgreSQL is unreachable"."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        return state.startswith("08") or state in _UNREACHABLE_STATES
+    return isinstance(
+        exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+    )
+
+
+def data_error(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused a statement for the values it was given (SQLSTATE class 22,
+    data exception, or 54, program limit exceeded): the same values fail the same way again."""
+    state = str(getattr(exc, "sqlstate", "") or "")
+    return isinstance(exc, asyncpg.PostgresError) and state[:2] in ("22", "54")
+
+
 WORK_CHANNEL = "bot_work"
 # A Push Hook moved a branch: every replica forgets its head (README "Running more than one").
 BRANCH_CHANNEL = "bot_branch_moved"
@@ -60,8 +84,11 @@ def replica_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException, secrets: list[str] | tuple[str, ...] = ()) -> str:
+    """`Type: message`, one line's worth, with any of `secrets` (the URL's passwords) masked."""
     text = str(exc).strip() or type(exc).__name__
+    for secret in secrets:
+        text = text.replace(secret, "***")
     return f"{type(exc).__name__}: {text}"[:300]
 
 
@@ -71,6 +98,7 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.shown_url = masked_url(url)
+        self._secrets = tuple(database_passwords(url))  # never in a message, whatever the error
         self.pool_size = pool_size
         self.name = replica_name()
         self.pool: asyncpg.Pool | None = None
@@ -81,6 +109,14 @@ class Database:
         self._closing = False
         self._on_notify: dict[str, list[Callable[[str], None]]] = {c: [] for c in CHANNELS}
         self.on_change: Callable[[bool], None] | None = None  # metrics: up (True) or down
+
+    def describe(self, exc: BaseException) -> str:
+        return describe(exc, self._secrets)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -122,16 +158,16 @@ class Database:
             ) as exc:
                 await self._close_pool()
                 raise DatabaseError(
-                    f"PostgreSQL refuses DATABASE_URL {self.shown_url!r}: {exc}"
+                    f"PostgreSQL refuses DATABASE_URL {self.shown_url!r}: {self.scrub(str(exc))}"
                 ) from None
             except DB_ERRORS as exc:
                 await self._close_pool()
                 if time.monotonic() + delay > deadline:
                     raise DatabaseError(
                         f"PostgreSQL at DATABASE_URL {self.shown_url!r} cannot be reached "
-                        f"({_describe(exc)}); started without it for {wait:g} s"
+                        f"({self.describe(exc)}); started without it for {wait:g} s"
                     ) from None
-                log.warning("database_waiting", error=_describe(exc), database=self.shown_url)
+                log.warning("database_waiting", error=self.describe(exc), database=self.shown_url)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
         if migrate_schema:  # a service, not a one-shot reader: it listens for work
@@ -170,7 +206,7 @@ class Database:
             self.on_change(True)
 
     def failed(self, exc: BaseException, during: str) -> None:
-        self.last_error = _describe(exc)
+        self.last_error = self.describe(exc)
         if self.down_since is not None:
             log.debug("database_failed_again", during=during, error=self.last_error)
             return
@@ -251,7 +287,7 @@ class Database:
             except asyncio.CancelledError:
                 raise
             except DB_ERRORS as exc:
-                log.debug("database_listen_failed", error=_describe(exc))
+                log.debug("database_listen_failed", error=self.describe(exc))
             self._listener = None
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)

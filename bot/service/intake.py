@@ -600,11 +600,11 @@ async def _answer_and_hang_up(request: web.Request, response: web.Response) -> N
 
 
 # (delivery id or None, the delivery's keys and hints) -> "queued", "held" (PostgreSQL is away:
-# kept in memory until it answers), "duplicate" or "unavailable" (shutting down, or too much held)
-Accept = Callable[
-    [str | None, list[tuple[MRKey | BranchKey, Hint]]],
-    Awaitable[Literal["queued", "held", "duplicate", "unavailable"]],
-]
+# kept in memory until it answers), "duplicate", "unavailable" (shutting down, or too much held),
+# "invalid" (PostgreSQL cannot store the delivery's values: a 400) or "failed" (PostgreSQL
+# answered with another error: a 503, not held)
+Accepted = Literal["queued", "held", "duplicate", "unavailable", "invalid", "failed"]
+Accept = Callable[[str | None, list[tuple[MRKey | BranchKey, Hint]]], Awaitable[Accepted]]
 
 
 async def _accepted(
@@ -617,6 +617,16 @@ async def _accepted(
         return "duplicate", web.json_response({"status": "duplicate"})
     if outcome == "unavailable":
         return "unavailable", _reject(503, "shutting down: deliver again later", **context)
+    if outcome == "invalid":
+        return "invalid", _reject(
+            400,
+            "the delivery holds a value the work queue cannot store (see the bot's log)",
+            **context,
+        )
+    if outcome == "failed":
+        return "failed", _reject(
+            503, "the work queue could not store the delivery: deliver again later", **context
+        )
     queued = [str(key) for key, _ in delivery.work]
     if outcome == "held":
         log.warning("delivery_held", keys=queued, reason="PostgreSQL is unreachable", **context)

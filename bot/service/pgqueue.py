@@ -24,7 +24,13 @@ from typing import Any, Generic, Literal, TypeVar
 
 from bot.keys import BranchKey, Hint, MRKey, PushKey
 from bot.logs import get_logger
-from bot.service.database import DB_ERRORS, WORK_CHANNEL, Database
+from bot.service.database import (
+    DB_ERRORS,
+    WORK_CHANNEL,
+    Database,
+    data_error,
+    unreachable,
+)
 
 log = get_logger(__name__)
 
@@ -39,8 +45,14 @@ CLEAN_EVERY = 30.0  # seconds between deletions of idle rows and old delivery id
 IDLE_ROW_AGE = 60.0  # an idle row (nothing asked, no timer) older than this is deleted
 DEDUPE_TTL = 3600.0  # as intake.DEDUPE_TTL: delivery ids are remembered for an hour
 MAX_HELD = 10_000  # deliveries held in memory while PostgreSQL is unreachable; then 503
+# The longest key text stored as it is; a longer one (a branch name of up to MAX_REF_CHARS
+# characters, escaped) is stored by its digest, with the text in `full_key`: a btree row (the
+# primary key) holds at most 2704 bytes.
+MAX_KEY_CHARS = 1000
 
-Accepted = Literal["queued", "held", "duplicate", "unavailable"]
+# "invalid": PostgreSQL refused the delivery's values (the sender's mistake: a 400); "failed":
+# PostgreSQL answered with another error (not held: deliver again later, a 503).
+Accepted = Literal["queued", "held", "duplicate", "unavailable", "invalid", "failed"]
 
 
 class Codec(Generic[K]):
@@ -48,6 +60,13 @@ class Codec(Generic[K]):
 
     def key(self, key: K) -> str:
         return json.dumps(key)
+
+    def stored(self, key: K) -> tuple[str, str | None]:
+        """The key as the row's primary key, and its full text when that is a digest."""
+        return self.key(key), None
+
+    def learn(self, text: str, full: str | None) -> None:
+        """A claimed row's full key text (`stored`), read before `unkey(text)`."""
 
     def unkey(self, text: str) -> K:
         value: K = json.loads(text)
@@ -60,18 +79,60 @@ class Codec(Generic[K]):
         return None if text is None else json.loads(text)
 
 
-class WorkCodec(Codec[MRKey | BranchKey]):
-    """MR and branch keys, and Hint, as the service queues them."""
+def _storable(value: Any) -> Any:
+    """A hint's value as jsonb takes it: no NUL (\\u0000 is refused), no lone surrogate."""
+    if isinstance(value, str):
+        value = value.replace("\x00", "")
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            value = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    return value
 
-    def key(self, key: MRKey | BranchKey) -> str:
+
+class WorkCodec(Codec[MRKey | BranchKey]):
+    """MR and branch keys, and Hint, as the service queues them.
+
+    A key is JSON text with non-ASCII escaped (as every release has stored it, so rows written by
+    an older replica still coalesce). A key longer than MAX_KEY_CHARS is stored as
+    ["long", project, sha256 of its text], with the text in `full_key`; a replica that claims
+    it learns the text from the claim (`learn`). An older replica would read that as a branch
+    named by the digest, which has no MRs: harmless."""
+
+    def __init__(self) -> None:
+        self._full: dict[str, str] = {}  # digest key -> full text (facts: never stale)
+
+    def _text(self, key: MRKey | BranchKey) -> str:
         if isinstance(key, MRKey):
             return json.dumps(["mr", key.project_id, key.iid])
         if isinstance(key, PushKey):  # a push and a branch's pipeline never coalesce
             return json.dumps(["push", key.project_id, key.branch])
         return json.dumps(["branch", key.project_id, key.branch])
 
+    def stored(self, key: MRKey | BranchKey) -> tuple[str, str | None]:
+        text = self._text(key)
+        if len(text) <= MAX_KEY_CHARS:
+            return text, None
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        short = json.dumps(["long", key.project_id, digest])
+        self.learn(short, text)
+        return short, text
+
+    def key(self, key: MRKey | BranchKey) -> str:
+        return self.stored(key)[0]
+
+    def learn(self, text: str, full: str | None) -> None:
+        if full is not None:
+            if len(self._full) >= 4096:
+                self._full.clear()
+            self._full[text] = full
+
     def unkey(self, text: str) -> MRKey | BranchKey:
         kind, project_id, rest = json.loads(text)
+        if kind == "long":
+            full = self._full.get(text)
+            if full is None:  # not learnt: a row without its text (cannot happen by design)
+                log.error("work_key_unknown", key=text)
+            else:
+                kind, project_id, rest = json.loads(full)
         if kind == "mr":
             return MRKey(int(project_id), int(rest))
         if kind == "push":
@@ -79,7 +140,9 @@ class WorkCodec(Codec[MRKey | BranchKey]):
         return BranchKey(int(project_id), str(rest))
 
     def hint(self, hint: Any) -> str:
-        return json.dumps(dataclasses.asdict(hint) if isinstance(hint, Hint) else None)
+        if not isinstance(hint, Hint):
+            return json.dumps(None)
+        return json.dumps({k: _storable(v) for k, v in dataclasses.asdict(hint).items()})
 
     def unhint(self, text: str | None) -> Any:
         data = None if text is None else json.loads(text)
@@ -99,11 +162,12 @@ WITH fresh AS (
     INSERT INTO bot_deliveries (id) SELECT $1::bytea WHERE $1::bytea IS NOT NULL
     ON CONFLICT DO NOTHING RETURNING id
 ), work AS (
-    INSERT INTO bot_work AS w (key, requested, background, hint, turn)
-    SELECT k, true, false, h, nextval('bot_turns')
-    FROM unnest($2::text[], $3::jsonb[]) AS t(k, h)
+    INSERT INTO bot_work AS w (key, full_key, requested, background, hint, turn)
+    SELECT k, f, true, false, h, nextval('bot_turns')
+    FROM unnest($2::text[], $3::jsonb[], $5::text[]) AS t(k, h, f)
     WHERE $1::bytea IS NULL OR EXISTS (SELECT 1 FROM fresh)
     ON CONFLICT (key) DO UPDATE SET
+        full_key = coalesce(excluded.full_key, w.full_key),
         requested = true,
         background = false,
         hint = excluded.hint,
@@ -116,7 +180,8 @@ SELECT (SELECT count(*) FROM work) AS queued, pg_notify('{WORK_CHANNEL}', $4)
 
 _ENQUEUE_BACKGROUND = f"""
 WITH work AS (
-    INSERT INTO bot_work (key, requested, background, hint) VALUES ($1, true, true, $2::jsonb)
+    INSERT INTO bot_work (key, requested, background, hint, full_key)
+    VALUES ($1, true, true, $2::jsonb, $3)
     ON CONFLICT (key) DO NOTHING RETURNING key
 )
 SELECT (SELECT count(*) FROM work), pg_notify('{WORK_CHANNEL}', '')
@@ -130,9 +195,10 @@ WHERE key = $1 AND owner IS NULL AND NOT requested AND wake_at IS NULL
 
 _LATER = f"""
 WITH timer AS (
-    INSERT INTO bot_work (key, hint, wake_at)
-    VALUES ($1, $2::jsonb, clock_timestamp() + make_interval(secs => $3::float8))
+    INSERT INTO bot_work (key, hint, wake_at, full_key)
+    VALUES ($1, $2::jsonb, clock_timestamp() + make_interval(secs => $3::float8), $4)
     ON CONFLICT (key) DO UPDATE SET
+        full_key = coalesce(excluded.full_key, bot_work.full_key),
         wake_at = excluded.wake_at, hint = coalesce(bot_work.hint, excluded.hint), touched = now()
 )
 SELECT pg_notify('{WORK_CHANNEL}', '')
@@ -161,7 +227,7 @@ UPDATE bot_work w SET
     not_before = clock_timestamp() + make_interval(secs => $3),
     touched = now()
 FROM next WHERE w.key = next.key
-RETURNING w.key, w.running_hint::text AS hint, w.claim
+RETURNING w.key, w.running_hint::text AS hint, w.claim, w.full_key
 """
 
 # $2: the handler's delay (NULL: nothing more to do; <= 0: again at once; > 0: a timer).
@@ -267,6 +333,9 @@ class _Run:
     lost: bool = False  # a heartbeat found the claim gone: the handler was cancelled
 
 
+Row = tuple[str, str, str | None]  # a delivery's key as stored, its hint, the key's full text
+
+
 class PgQueue(Generic[K]):
     """The work queue of one replica over the shared `bot_work` table (see the module doc).
 
@@ -305,7 +374,7 @@ class PgQueue(Generic[K]):
         self._submit_order = asyncio.Lock()  # `submit`s reach the table in the order made
         # Deliveries accepted while PostgreSQL was unreachable: (delivery digest, rows), sent
         # in order once it answers (README "Running more than one": what happens meanwhile).
-        self._held: list[tuple[bytes | None, list[tuple[str, str]]]] = []
+        self._held: list[tuple[bytes | None, list[Row]]] = []
         self._held_task: asyncio.Task[None] | None = None
         self._last_look: dict[str, Any] = {}
         self.evaluations = 0
@@ -317,29 +386,44 @@ class PgQueue(Generic[K]):
         self, work: Iterable[tuple[K, Any]], delivery_id: str | None = None
     ) -> Accepted:
         """Commit a delivery's keys (and its id, for de-duplication across the fleet) before
-        it is answered. PostgreSQL unreachable: held here and sent when it answers."""
+        it is answered. PostgreSQL unreachable: held here and sent when it answers. PostgreSQL
+        refusing it (a value it cannot store): "invalid", neither held nor remembered."""
         if not self._accepting:
             return "unavailable"
-        rows = [(self.codec.key(key), self.codec.hint(hint)) for key, hint in work]
+        rows = [(*self.codec.stored(key), self.codec.hint(hint)) for key, hint in work]
+        held = [(key, hint, full) for key, full, hint in rows]
         digest = delivery_digest(delivery_id) if delivery_id is not None else None
         if self._held:  # keep order: a newer delivery never overtakes a held one
-            return self._hold(digest, rows)
+            return self._hold(digest, held)
         try:
-            queued = await self._insert(digest, rows)
+            queued = await self._insert(digest, held)
         except DB_ERRORS as exc:
-            self.db.failed(exc, "enqueue")
-            return self._hold(digest, rows)
+            if unreachable(exc):
+                self.db.failed(exc, "enqueue")
+                return self._hold(digest, held)
+            self.db.ok()  # it answered
+            refused: Accepted = "invalid" if data_error(exc) else "failed"
+            log.error(
+                "delivery_not_stored",
+                error=self.db.describe(exc),
+                keys=[key for key, _, _ in held],
+                effect="refused with a 400 (a value PostgreSQL cannot store)"
+                if refused == "invalid"
+                else "refused with a 503: PostgreSQL answered with an error",
+            )
+            return refused
         self.db.ok()
         self._wake_one()
         return "queued" if queued else "duplicate"
 
-    async def _insert(self, digest: bytes | None, rows: list[tuple[str, str]]) -> int:
-        keys = [key for key, _ in rows]
-        hints = [hint for _, hint in rows]
-        record = await self.db.fetchrow(_ENQUEUE, digest, keys, hints, self.owner)
+    async def _insert(self, digest: bytes | None, rows: list[Row]) -> int:
+        keys = [key for key, _, _ in rows]
+        hints = [hint for _, hint, _ in rows]
+        fulls = [full for _, _, full in rows]
+        record = await self.db.fetchrow(_ENQUEUE, digest, keys, hints, self.owner, fulls)
         return int(record["queued"]) if record is not None else 0
 
-    def _hold(self, digest: bytes | None, rows: list[tuple[str, str]]) -> Accepted:
+    def _hold(self, digest: bytes | None, rows: list[Row]) -> Accepted:
         if len(self._held) >= MAX_HELD:
             return "unavailable"
         self._held.append((digest, rows))
@@ -354,7 +438,23 @@ class PgQueue(Generic[K]):
             try:
                 await self._insert(digest, rows)
             except DB_ERRORS as exc:
-                self.db.failed(exc, "enqueue")
+                if data_error(exc):  # it would fail the same way forever: the rest must go on
+                    self.db.ok()
+                    self._held.pop(0)
+                    log.error(
+                        "held_delivery_dropped",
+                        error=self.db.describe(exc),
+                        keys=[key for key, _, _ in rows],
+                        effect="PostgreSQL cannot store it; the sweep will heal its MRs",
+                    )
+                    continue
+                if unreachable(exc):
+                    self.db.failed(exc, "enqueue")
+                else:
+                    self.db.ok()
+                    log.warning(
+                        "held_delivery_refused", error=self.db.describe(exc), retry_in=delay
+                    )
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue
@@ -382,8 +482,8 @@ class PgQueue(Generic[K]):
         """The sweep's lane: run when no delivery waits; nothing if the key is already in line."""
         if not self._accepting:
             return False
-        text, hint_text = self.codec.key(key), self.codec.hint(hint)
-        row = await self.db.fetchrow(_ENQUEUE_BACKGROUND, text, hint_text)
+        (text, full), hint_text = self.codec.stored(key), self.codec.hint(hint)
+        row = await self.db.fetchrow(_ENQUEUE_BACKGROUND, text, hint_text, full)
         if row is not None and not row[0]:
             await self.db.execute(_WAKE_IDLE_BACKGROUND, text, hint_text)
         self._wake_one()
@@ -394,7 +494,8 @@ class PgQueue(Generic[K]):
         replica (a worker's own timers come from `_FINISH`)."""
 
         async def later() -> None:
-            await self.db.execute(_LATER, self.codec.key(key), self.codec.hint(hint), delay)
+            text, full = self.codec.stored(key)
+            await self.db.execute(_LATER, text, self.codec.hint(hint), delay, full)
 
         if self._accepting:
             self._spawn(later())
@@ -563,6 +664,7 @@ class PgQueue(Generic[K]):
                 woken = True
                 continue
             woken = False
+            self.codec.learn(str(item["key"]), item["full_key"])
             await self._run(str(item["key"]), item["hint"], int(item["claim"]))
 
     async def _run(self, text: str, hint_text: str | None, claim: int) -> None:

@@ -116,7 +116,16 @@ CREATE TABLE bot_leaders (
 );
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", INITIAL),)
+# A key too long for the primary key's btree row (a branch name of up to 1024 characters,
+# escaped) is stored by its digest; its text is kept here (bot/service/pgqueue.py, WorkCodec).
+WORK_FULL_KEY = """
+ALTER TABLE bot_work ADD COLUMN full_key text;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial", INITIAL),
+    Migration(2, "work_full_key", WORK_FULL_KEY),
+)
 NEWEST = MIGRATIONS[-1].version
 
 

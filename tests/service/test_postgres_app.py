@@ -17,7 +17,7 @@ from bot.service.pgrecord import PgRecord
 from tests.builders import running_pipeline, seed_mr
 from tests.conftest import Bot, eventually, get, link, write_policies
 from tests.fakegitlab import FakeGitLab
-from tests.payloads import merge_request_hook, pipeline_hook
+from tests.payloads import merge_request_hook, pipeline_hook, status_check_request
 
 SHA = "1" * 40
 CHECKS = ("conventional-title", "pipeline-green")
@@ -257,3 +257,76 @@ async def test_in_a_fleet_gitlab_trouble_leaves_every_replica_ready_and_says_so(
     assert (await bot.deliver(mr_event(mr)))[0] == 202
     gitlab.clear_faults()
     await eventually(lambda: gitlab.check_status(1, mr, "conventional-title") == "passed", 15)
+
+
+async def _answered_without_holding_then_a_normal_delivery_is_committed(
+    bot: Bot, gitlab: FakeGitLab, database_url: str, status: int, body: Any
+) -> None:
+    """What follows an awkward delivery: it was not held (it was stored, or refused with a 400),
+    PostgreSQL is not said to be unreachable, and the next ordinary delivery is committed at once
+    (its row is in bot_work when it is answered) and evaluated."""
+    assert status in (202, 400), (status, body)
+    assert not (isinstance(body, dict) and body.get("held")), body
+    good = _seed(gitlab, iid=2)
+    status, body = await bot.deliver(mr_event(good), headers={"Idempotency-Key": "good-1"})
+    assert (status, body["status"], body.get("held")) == (202, "queued", None), body
+    conn = await asyncpg.connect(database_url)
+    try:
+        keys = [r["key"] for r in await conn.fetch("SELECT key FROM bot_work")]
+    finally:
+        await conn.close()
+    assert '["mr", 1, 2]' in keys, keys
+    await eventually(lambda: gitlab.check_status(1, good, "conventional-title") == "passed", 10)
+    async with bot.session.get(f"{bot.url}/readyz") as resp:
+        ready = await resp.json()
+    assert not any("unreachable" in w for w in ready.get("warnings", [])), ready
+    assert bot.app[DATABASE].problem() is None
+
+
+async def test_a_nul_in_a_status_check_request_neither_holds_nor_blocks_later_deliveries(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """jsonb cannot hold \\u0000: a hint carrying one was taken for "PostgreSQL unreachable",
+    held and retried forever, and every later delivery of the replica was held behind it."""
+    mr = _seed(gitlab)
+    bot = await start_bot(database_url=database_url)
+    request = status_check_request(iid=mr, sha=SHA)
+    request["object_attributes"]["source_branch"] = "x\u0000y"
+    status, body = await bot.deliver(request, event=None)
+    await _answered_without_holding_then_a_normal_delivery_is_committed(
+        bot, gitlab, database_url, status, body
+    )
+
+
+async def test_a_pipeline_ref_of_1024_cjk_characters_neither_holds_nor_blocks_later_deliveries(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """MAX_REF_CHARS allows it; as escaped JSON its key was 6 KB, over the btree row limit of
+    the primary key: the insert failed the same way on every retry."""
+    _seed(gitlab)
+    bot = await start_bot(database_url=database_url)
+    # Varied characters: a repeated one compresses under the limit.
+    ref = "".join(chr(0x4E00 + (n * 7919) % 20000) for n in range(1024))
+    status, body = await bot.deliver(pipeline_hook(iid=None, ref=ref), event="Pipeline Hook")
+    assert (status, body.get("queued")) == (202, [f"1:{ref}"]), body
+    await _answered_without_holding_then_a_normal_delivery_is_committed(
+        bot, gitlab, database_url, status, body
+    )
+
+
+async def test_a_delivery_postgres_cannot_store_is_a_400_and_not_held(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """Should a delivery still carry a value PostgreSQL refuses, the sender is told so (a 400
+    that names the problem), nothing is held, and the replica goes on committing deliveries."""
+    mr = _seed(gitlab)
+    bot = await start_bot(database_url=database_url)
+    codec = bot.app[QUEUE].codec
+    codec.hint = lambda hint: '"\\u0000"'  # what jsonb refuses, whatever the delivery said
+    status, body = await bot.deliver(mr_event(mr), headers={"Idempotency-Key": "bad-1"})
+    del codec.hint
+    assert status == 400, body
+    assert "cannot store" in body["error"]
+    await _answered_without_holding_then_a_normal_delivery_is_committed(
+        bot, gitlab, database_url, status, body
+    )
