@@ -206,6 +206,9 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
         self.budget = budget  # GITLAB_RATE_LIMIT: every attempt of every request spends from it
         # When GitLab last said "Retry-After": no retry of anything should come before this.
         self.retry_not_before = 0.0
+        # Writes whose attempt timed out or lost its connection: GitLab may still apply them
+        # later, after a newer write (see GitLab.post_status).
+        self.abandoned_writes = 0
 
     def format_url(self, url: str, params: Mapping[str, Any]) -> str:
         """gidgetlab's URL building without its per-request `urljoin`/`urlparse`/`parse_qs` for
@@ -260,6 +263,8 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
                         data = await (r.read() if limit is None else _read_at_most(r, limit))
                         resp_headers: Mapping[str, str] = r.headers
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if method != "GET":
+                    self.abandoned_writes += 1
                 if self._on_response:
                     self._on_response(method, url, None, {})
                 reason = (
@@ -816,11 +821,16 @@ class GitLab:
 
     async def post_status(
         self, project: int | str, iid: int, check_id: int, sha: str, status: str
-    ) -> None:
+    ) -> bool:
+        """Post a verdict; True when some write (this one, or one made meanwhile) had an
+        attempt given up on: GitLab may still apply it later, over a newer verdict, so the
+        caller should look at GitLab's list again once such a request must have ended."""
         data: dict[str, Any] = {"external_status_check_id": check_id, "sha": sha}
         if self.reports_failures:
             data["status"] = status
+        abandoned = self.api.abandoned_writes
         await self.post(f"{self._mr_path(project, iid)}/status_check_responses", data)
+        return self.api.abandoned_writes > abandoned
 
     # -- notes (the sticky MR note, bot/sticky.py) ------------------------------------------
 

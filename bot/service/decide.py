@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import inspect
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,6 +41,9 @@ MAX_RETRY_DELAY = 300.0
 # Seconds before a failure deferred for an unknown GitLab version is looked at again, at most:
 # sooner when the version may be asked again sooner.
 DEFERRED_RETRY = 30.0
+# GitLab ends a Rails request after GITLAB_RAILS_RACK_TIMEOUT, 60 s by default (rack-timeout
+# since GitLab's move to Puma): a write the client gave up on is applied by then or never.
+UNCERTAIN_RECHECK = 65.0
 POSTED_MEMORY = 100_000
 
 
@@ -148,6 +152,10 @@ class Evaluator:
         self.clock = clock
         self.listeners: list[DecisionListener] = []
         self.retry_base = 5.0  # seconds before re-evaluating after a transient GitLab failure
+        # After a status POST with an attempt given up on, look at GitLab's list again once
+        # GitLab must have finished that request (its Rails requests time out at 60 s).
+        self.uncertain_recheck = UNCERTAIN_RECHECK
+        self._uncertain: dict[MRKey, float] = {}  # MR -> when to look again (monotonic)
         self.deferred_retry = DEFERRED_RETRY
         # MRs whose failure waits for GitLab's version: re-queued as soon as it is known.
         self._deferred: set[MRKey] = set()
@@ -316,6 +324,14 @@ class Evaluator:
             delays.append(max(1.0, min(self.deferred_retry, soon)))
         else:
             self._deferred.discard(key)
+        recheck_at = self._uncertain.get(key)
+        if recheck_at is not None:
+            # Every evaluation until then keeps the look-again (a later one replaces the
+            # queue's timer); the first one after it read GitLab's list afresh.
+            if time.monotonic() >= recheck_at:
+                del self._uncertain[key]
+            else:
+                delays.append(recheck_at - time.monotonic())
         self.release_deferred()
         return min(delays) if delays else None
 
@@ -426,6 +442,9 @@ class Evaluator:
                 raise error
             elif decision.action == "posted":
                 self._remember_post(decision)
+                if error is True:  # post_status: an attempt was given up on
+                    self._uncertain[key] = time.monotonic() + self.uncertain_recheck
+                    log.info("status_post_uncertain", project=facts.project_path, mr=key.iid)
             await self._announce(decision)
         if head_moved:
             log.info("head_moved", project=facts.project_path, mr=key.iid, sha=facts.sha)

@@ -321,3 +321,30 @@ async def test_a_project_gitlab_does_not_know_is_forgotten_by_the_sweep(
     ghost_lists = gitlab.calls_to("GET", "/projects/999/merge_requests")
     assert len([c for c in ghost_lists if c.path.endswith("/merge_requests")]) == 1
     assert [p for p, _ in await bot.app[RECORD].known_projects()] == [1]
+
+
+async def test_a_status_post_gitlab_applies_after_giving_up_on_it_is_checked_again(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A status POST that timed out may still be applied by GitLab later (it keeps working on
+    a request the client gave up on), after a newer verdict the bot posted meanwhile: GitLab
+    would then show the older one. The bot does not trust such a write: it looks at GitLab's
+    list again by itself and repairs it."""
+    policies = write_policies(
+        tmp_path / "p", {"t.yml": "check: conventional-title\nrequire:\n  - title: '^feat: '\n"}
+    )
+    gitlab.add_project(1, "acme/app")
+    gitlab.add_status_check(1, "conventional-title")
+    gitlab.add_mr(1, 1, sha="1" * 40, title="wip", source_branch="feature")
+    bot = await start_bot(policy_dir=policies, gitlab_timeout=1.0)
+    bot.app[EVALUATOR].uncertain_recheck = 4.0  # the product waits out GitLab's 60 s
+    gitlab.delay(3.0, path_contains="status_check_responses", method="POST")
+    assert (await bot.deliver(payloads.merge_request_hook(sha="1" * 40)))[0] == 202
+    await eventually(lambda: gitlab.check_status(1, 1, "conventional-title") == "failed", 5)
+    gitlab.update_mr(1, 1, title="feat: ready")
+    assert (await bot.deliver(payloads.merge_request_hook(sha="1" * 40)))[0] == 202
+    await eventually(lambda: gitlab.check_status(1, 1, "conventional-title") == "passed", 5)
+    # The abandoned first attempt lands: GitLab shows the older verdict again...
+    await eventually(lambda: gitlab.check_status(1, 1, "conventional-title") == "failed", 5)
+    # ...until the bot looks again.
+    await eventually(lambda: gitlab.check_status(1, 1, "conventional-title") == "passed", 8)
