@@ -397,7 +397,7 @@ class Evaluator:
             await self.gitlab.reports_failures_probe(key.project_id, key.iid, check_id)
             can_fail = self.gitlab.known_reports_failures
         decisions: list[Decision] = []
-        posts: list[tuple[Decision, Awaitable[None]]] = []
+        posts: list[tuple[Decision, Awaitable[bool]]] = []
         for check, policy, verdict in verdicts:
             shown = check.status
             action = action_for(verdict, shown, can_fail)
