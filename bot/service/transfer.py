@@ -89,8 +89,7 @@ async def copy_record(state_dir: Path, url: str) -> Copied:
             held = await conn.fetchval("SELECT count(*) FROM bot_decisions")
             if held:
                 raise StateError(
-                    f"PostgreSQL already holds a decision record ({held} decisions): "
-                    "nothing copied"
+                    f"PostgreSQL already holds a decision record ({held} decisions): nothing copied"
                 )
             stored = await conn.fetchval("SELECT value FROM bot_meta WHERE key = 'link_key'")
             if key and stored is not None and stored != key:
