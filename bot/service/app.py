@@ -259,6 +259,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
             app[GITLAB], FactReader(app[GITLAB], settle_seconds=settings.approval_settle_seconds)
         ),
         last_posted=lambda key, check: record.last_posted(key.project_id, key.iid, check),
+        shared_record=db is not None,
         repository=repository,
         announce_push=(
             share_branch_moves(db, repository) if db is not None and repository else None

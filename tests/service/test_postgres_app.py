@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from bot.keys import MRKey
 from bot.service.app import DATABASE, EVALUATOR, LEADER, QUEUE, RECORD
 from bot.service.details import LINK_KEY
 from bot.service.pgqueue import PgQueue
@@ -238,3 +239,28 @@ async def test_a_push_reaches_every_replicas_repository_policies(
             ),
             5,
         )
+
+
+async def test_replicas_taking_turns_on_one_mr_see_no_tampering(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """The title flips and the two replicas judge the MR in turn: each verdict GitLab shows was
+    posted by the other replica, as the shared record says, so none is taken for tampering
+    (each replica's own memory of its posts used to be consulted first: a false `tamper`)."""
+    mr = _seed(gitlab)
+    bots = [await start_bot(database_url=database_url) for _ in range(2)]
+    seen: list[tuple[int, str, str, bool]] = []
+    for n, bot in enumerate(bots):
+        bot.app[EVALUATOR].listeners.append(
+            lambda d, n=n: seen.append((n, d.check, d.action, d.tampered))
+        )
+    for turn, title in enumerate(["feat: x", "wip", "feat: y", "wip", "feat: z"]):
+        gitlab.update_mr(1, mr, title=title)
+        bot = bots[turn % 2]
+        await bot.app[EVALUATOR].evaluate(MRKey(1, mr))
+        await bot.app[RECORD].flush()
+        expected = "passed" if title.startswith("feat") else "failed"
+        assert gitlab.check_status(1, mr, "conventional-title") == expected
+    posted = [s for s in seen if s[1] == "conventional-title" and s[2] == "posted"]
+    assert len(posted) == 5, seen
+    assert [s for s in seen if s[3]] == []
