@@ -67,10 +67,8 @@ class Fleet:
             HOST="127.0.0.1",
             PORT=port,
             LOG_FORMAT="json",
-            RECONCILE_INTERVAL=3600,
-            SHUTDOWN_DEADLINE=5,
             PYTHONFAULTHANDLER=1,  # a replica that hangs is made to dump its stacks (stop)
-            **{**self.settings, **settings},
+            **{"RECONCILE_INTERVAL": 3600, "SHUTDOWN_DEADLINE": 5, **self.settings, **settings},
         )
         with log.open("wb") as out:
             # Niced: the other pytest worker may be timing its event loop (loop-stall tests);

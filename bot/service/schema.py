@@ -116,7 +116,19 @@ CREATE TABLE bot_leaders (
 );
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", INITIAL),)
+# The sweep's leader holds a lease, not a session advisory lock (which a frozen or cut-off
+# leader kept until PostgreSQL noticed its connection was gone). During a rolling update from a
+# release before this one, an old replica holding the lock and a new one holding the lease may
+# both sweep until the old ones are gone: a second sweep per interval, which changes nothing.
+SWEEP_LEASE = """
+ALTER TABLE bot_leaders ADD COLUMN leader text;
+ALTER TABLE bot_leaders ADD COLUMN lease_until timestamptz;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial", INITIAL),
+    Migration(2, "sweep lease", SWEEP_LEASE),
+)
 NEWEST = MIGRATIONS[-1].version
 
 

@@ -129,7 +129,7 @@ async def test_migrate_applies_the_schema_once(pg_cluster: Any) -> None:
     url = pg_cluster.new_database(template=None)
     first = await asyncio.to_thread(run_bot, "migrate", DATABASE_URL=url)
     assert first.returncode == 0, first.stderr
-    assert "applied versions [1]" in first.stdout
+    assert "applied versions [1, 2]" in first.stdout
     second = await asyncio.to_thread(run_bot, "migrate", DATABASE_URL=url)
     assert "already up to date" in second.stdout
 

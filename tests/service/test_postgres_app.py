@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from bot.keys import MRKey
-from bot.service.app import DATABASE, EVALUATOR, LEADER, QUEUE, RECORD
+from bot.service.app import DATABASE, EVALUATOR, LEADER, QUEUE, RECORD, SWEEPER
 from bot.service.details import LINK_KEY
 from bot.service.pgqueue import PgQueue
 from bot.service.pgrecord import PgRecord
@@ -264,3 +264,35 @@ async def test_replicas_taking_turns_on_one_mr_see_no_tampering(
     posted = [s for s in seen if s[1] == "conventional-title" and s[2] == "posted"]
     assert len(posted) == 5, seen
     assert [s for s in seen if s[3]] == []
+
+
+async def test_a_leader_that_loses_its_lease_mid_sweep_stops_it_and_the_fleet_sweeps_again(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """As if the leader stalled and another replica took its lease: its next renewal finds
+    another holder, it cancels its sweep (which never finishes, though GitLab answers later)
+    and stands by; once that lease runs out the fleet sweeps at once, the last sweep having
+    never finished."""
+    _seed(gitlab)
+    gitlab.delay(3.0, times=1, path_contains="/projects/acme%2Fapp/merge_requests")
+    bots = [
+        await start_bot(database_url=database_url, reconcile_interval=60.0, projects=("acme/app",))
+        for _ in range(2)
+    ]
+    leaders = [bot.app[LEADER] for bot in bots]
+    await eventually(lambda: any(leader.leading for leader in leaders), 5)
+    leader = next(n for n, one in enumerate(leaders) if one.leading)
+    await asyncio.sleep(0.5)  # mid-sweep: the list takes 3 s
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE bot_leaders SET leader = 'elsewhere', "
+            "lease_until = clock_timestamp() + interval '4 seconds' WHERE name = 'sweep'"
+        )
+    finally:
+        await conn.close()
+    await eventually(lambda: not leaders[leader].leading, 3)
+    await asyncio.sleep(3.0)  # the cut sweep's list has answered by now
+    assert [bot.app[SWEEPER].sweeps for bot in bots] == [0, 0]
+    assert not any(one.leading for one in leaders)
+    await eventually(lambda: sum(bot.app[SWEEPER].sweeps for bot in bots) >= 1, 4)
