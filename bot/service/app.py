@@ -377,7 +377,7 @@ async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(sweeper.run_forever(settings.reconcile_interval), name="sweep")
     yield
     task.cancel()
-    # Bounded: a cancelled asyncpg connect (the leader's) must not hold up the stop.
+    # Bounded: the leader handing its lease back (at most 1 s) must not hold up the stop.
     done, _ = await asyncio.wait({task}, timeout=STOP_WAIT)
     if not done:
         log.warning("sweep_did_not_stop", waited=STOP_WAIT)
