@@ -264,6 +264,7 @@ async def _workers_ctx(app: web.Application) -> AsyncIterator[None]:
             app[GITLAB], FactReader(app[GITLAB], settle_seconds=settings.approval_settle_seconds)
         ),
         last_posted=lambda key, check: record.last_posted(key.project_id, key.iid, check),
+        shared_record=db is not None,
         repository=repository,
         announce_push=(
             share_branch_moves(db, repository) if db is not None and repository else None
@@ -381,7 +382,7 @@ async def _sweep_ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(sweeper.run_forever(settings.reconcile_interval), name="sweep")
     yield
     task.cancel()
-    # Bounded: a cancelled asyncpg connect (the leader's) must not hold up the stop.
+    # Bounded: the leader handing its lease back (at most 1 s) must not hold up the stop.
     done, _ = await asyncio.wait({task}, timeout=STOP_WAIT)
     if not done:
         log.warning("sweep_did_not_stop", waited=STOP_WAIT)

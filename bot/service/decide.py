@@ -137,6 +137,7 @@ class Evaluator:
         repository: RepositoryPolicies | None = None,
         policy_mrs: PolicyMRs | None = None,
         announce_push: Callable[[int, str], Awaitable[None]] | None = None,
+        shared_record: bool = False,
     ) -> None:
         self.gitlab = gitlab
         # A fleet: tells every replica a branch moved (each caches repository policies); None:
@@ -167,6 +168,9 @@ class Evaluator:
         self._posted: dict[tuple[MRKey, str], tuple[str, str]] = {}
         # Before a restart: what the decision record says the bot posted.
         self.last_posted = last_posted
+        # A fleet (DATABASE_URL): the record is shared, and what another replica posted is in
+        # it, not in this process's `_posted`; so the record is asked first.
+        self.shared_record = shared_record
         # Consecutive 409s per MR: the first re-evaluation is immediate, later ones back off.
         self._head_moves: dict[MRKey, int] = {}
 
@@ -456,15 +460,20 @@ class Evaluator:
     async def _looks_forged(self, key: MRKey, check: str, sha: str, shown: Shown) -> bool:
         """GitLab shows a verdict for this SHA that differs from what the bot posted for it, or
         a `passed` the bot never posted. What was posted before a restart comes from the
-        decision record."""
+        decision record; in a fleet (a shared record) the record comes first, since the last
+        post may be another replica's, and this process's memory only stands in when the record
+        cannot be read or has no post yet."""
         if shown not in ("passed", "failed", "approved"):
             return False
-        last = self._posted.get((key, check))
+        mine = self._posted.get((key, check))
+        last = None if self.shared_record else mine
         if last is None and self.last_posted is not None:
             try:
                 last = await self.last_posted(key, check)
             except Exception as exc:  # the record logs its own failure (one line, once)
                 log.debug("decision_record_unreadable", error=f"{type(exc).__name__}: {exc}")
+        if last is None:
+            last = mine
         if last is None or last[0] != sha:
             # Nothing posted for this SHA. A `failed` is no sign of tampering: GitLab 16.6+
             # turns the pending row it stored at MR creation (or on Retry) into `failed`.

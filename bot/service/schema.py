@@ -122,9 +122,19 @@ WORK_FULL_KEY = """
 ALTER TABLE bot_work ADD COLUMN full_key text;
 """
 
+# The sweep's leader holds a lease, not a session advisory lock (which a frozen or cut-off
+# leader kept until PostgreSQL noticed its connection was gone). During a rolling update from a
+# release before this one, an old replica holding the lock and a new one holding the lease may
+# both sweep until the old ones are gone: a second sweep per interval, which changes nothing.
+SWEEP_LEASE = """
+ALTER TABLE bot_leaders ADD COLUMN leader text;
+ALTER TABLE bot_leaders ADD COLUMN lease_until timestamptz;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", INITIAL),
     Migration(2, "work_full_key", WORK_FULL_KEY),
+    Migration(3, "sweep lease", SWEEP_LEASE),
 )
 NEWEST = MIGRATIONS[-1].version
 

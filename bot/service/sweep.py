@@ -27,6 +27,10 @@ log = get_logger(__name__)
 BASE_REQUESTS_PER_EVALUATION = 2
 
 
+class LeaseLost(Exception):
+    """The fleet's sweep leader no longer holds its lease: this sweep stops (leader.py)."""
+
+
 @dataclass
 class SweepReport:
     projects: int = 0
@@ -79,6 +83,9 @@ class Sweeper:
         self.sweeps = 0
         self.swept = asyncio.Event()  # set once the first sweep (the start-up one) is done
         self._submitted: set[MRKey] = set()
+        # With DATABASE_URL: whether this replica still holds the sweep's lease (leader.py),
+        # asked before each MR is queued; None: one process, always.
+        self.leading: Callable[[], bool] | None = None
 
     async def projects(self) -> list[int | str]:
         """Configured projects, every project GitLab confirmed (now or before a restart), and
@@ -124,6 +131,7 @@ class Sweeper:
     async def sweep_once(self) -> SweepReport:
         report = SweepReport()
         self.current = report
+        self._submitted = set()
         started = time.monotonic()
         self._pace.restart()
         for project in await self.projects():
@@ -183,6 +191,8 @@ class Sweeper:
                 self.seen.setdefault(key.project_id, path)
             await self.queue.wait_background_below(self.max_backlog)
             await self._spend(self.requests_per_evaluation())
+            if self.leading is not None and not self.leading():
+                raise LeaseLost(f"lost the sweep's lease at project {project}")
             accepted = self.queue.submit_background(
                 key,
                 Hint(

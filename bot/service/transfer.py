@@ -13,7 +13,15 @@ import asyncpg
 from bot.service.record import _VERDICT_COLUMNS, DB_NAME, StateError
 from bot.service.schema import migrate
 
+# pg_advisory_xact_lock key of a copy ("bot-copy" as a number): two copies run one after the
+# other, so the second sees the first's record and refuses.
+COPY_LOCK = 0x626F742D636F7079
 _COLUMNS = ", ".join(_VERDICT_COLUMNS)
+_OTHER_KEY = (
+    "PostgreSQL already holds a different link key (a replica started before the copy made "
+    "one): nothing copied, since the details links the single process handed out would stop "
+    "opening. Stop the replicas, run DELETE FROM bot_meta WHERE key = 'link_key' and copy again"
+)
 _PARAMS = ", ".join(f"${n}" for n in range(1, len(_VERDICT_COLUMNS) + 1))
 
 
@@ -68,18 +76,24 @@ def _text(row: tuple) -> tuple:
 
 async def copy_record(state_dir: Path, url: str) -> Copied:
     """Migrate the schema at `url`, then copy STATE_DIR's record into it; raise StateError (one
-    line) if the SQLite record cannot be read or PostgreSQL already holds a record."""
+    line) if the SQLite record cannot be read, PostgreSQL already holds a record, or it holds a
+    link key other than STATE_DIR's. The checks and the copy are one transaction under a lock:
+    of two copies at once, one copies and the other refuses."""
     tables, key = _read_sqlite(state_dir)
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
-        held = await conn.fetchval("SELECT count(*) FROM bot_decisions")
-        if held:
-            raise StateError(
-                f"PostgreSQL already holds a decision record ({held} decisions): nothing copied"
-            )
         copied = Copied()
         async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", COPY_LOCK)
+            held = await conn.fetchval("SELECT count(*) FROM bot_decisions")
+            if held:
+                raise StateError(
+                    f"PostgreSQL already holds a decision record ({held} decisions): nothing copied"
+                )
+            stored = await conn.fetchval("SELECT value FROM bot_meta WHERE key = 'link_key'")
+            if key and stored is not None and stored != key:
+                raise StateError(_OTHER_KEY)
             await conn.executemany(
                 f"INSERT INTO bot_decisions ({_COLUMNS}) VALUES ({_PARAMS})",
                 [_text(r) for r in tables["decisions"]],
@@ -99,13 +113,17 @@ async def copy_record(state_dir: Path, url: str) -> Copied:
                 tables["unconfirmed"],
             )
             if key:
-                # Links the single instance handed out keep working on every replica.
-                status = await conn.execute(
+                # Links the single instance handed out keep working on every replica. A replica
+                # starting meanwhile waits for this transaction (the key's row), then uses it.
+                await conn.execute(
                     "INSERT INTO bot_meta (key, value) VALUES ('link_key', $1) "
                     "ON CONFLICT DO NOTHING",
                     key,
                 )
-                copied.link_key = status.endswith("1")
+                now = await conn.fetchval("SELECT value FROM bot_meta WHERE key = 'link_key'")
+                if now != key:  # a replica's key, committed between the check and the insert
+                    raise StateError(_OTHER_KEY)
+                copied.link_key = True
         copied.decisions = len(tables["decisions"])
         copied.latest = len(tables["latest"])
         copied.projects = len(tables["projects"])

@@ -10,8 +10,9 @@ from typing import Any
 from bot.keys import MRKey
 from bot.service.database import Database
 from bot.service.pgrecord import PgRecord, link_key
-from bot.service.record import DecisionRecord
+from bot.service.record import DecisionRecord, StateError
 from bot.service.schema import MIGRATIONS
+from bot.service.transfer import Copied, copy_record
 from tests.builders import decision, policy_from
 from tests.processes import assert_one_error_line, run_bot
 
@@ -59,6 +60,70 @@ async def test_the_sqlite_record_moves_into_postgres_in_one_command(
         run_bot, "migrate", "--from-state-dir", str(state_dir), DATABASE_URL=url
     )
     assert_one_error_line(again, "PostgreSQL already holds a decision record (2 decisions)")
+
+
+async def _count(url: str, sql: str) -> Any:
+    db = Database(url)
+    await db.open()
+    try:
+        return await db.fetchval(sql)
+    finally:
+        await db.close()
+
+
+async def test_two_copies_at_once_copy_the_record_once(tmp_path: Path, pg_cluster: Any) -> None:
+    """The "already holds a record" check is made inside the copy's transaction, under a lock:
+    of two copies started together one copies, the other refuses (it used to copy twice)."""
+    state_dir = tmp_path / "state"
+    await _sqlite_record(state_dir)
+    url = pg_cluster.new_database(template=None)
+    results = await asyncio.gather(
+        copy_record(state_dir, url), copy_record(state_dir, url), return_exceptions=True
+    )
+    assert sorted(type(r).__name__ for r in results) == ["Copied", "StateError"], results
+    refused = next(r for r in results if isinstance(r, StateError))
+    assert str(refused).startswith("PostgreSQL already holds a decision record (2 decisions)")
+    assert await _count(url, "SELECT count(*) FROM bot_decisions") == 2
+
+
+async def test_a_different_link_key_in_postgres_is_refused_not_kept_silently(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    """A replica started before the copy stored a key of its own: the copy refuses (nothing
+    copied) and says what to do, instead of keeping that key and printing "no link key" (the
+    links the single process handed out would no longer open)."""
+    state_dir = tmp_path / "state"
+    await _sqlite_record(state_dir)
+    url = pg_cluster.new_database(template=None)
+    db = Database(url)
+    await db.open()
+    try:
+        await link_key(db, lambda: b"\x01" * 32)  # what a replica does at start
+    finally:
+        await db.close()
+    done = await asyncio.to_thread(
+        run_bot, "migrate", "--from-state-dir", str(state_dir), DATABASE_URL=url
+    )
+    assert_one_error_line(done, "PostgreSQL already holds a different link key")
+    assert "DELETE FROM bot_meta WHERE key = 'link_key'" in done.stderr
+    assert await _count(url, "SELECT count(*) FROM bot_decisions") == 0
+
+
+async def test_the_same_link_key_already_in_postgres_is_reported_as_there(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    state_dir = tmp_path / "state"
+    await _sqlite_record(state_dir)
+    url = pg_cluster.new_database(template=None)
+    db = Database(url)
+    await db.open()
+    try:
+        await link_key(db, lambda: bytes.fromhex("ab" * 32))
+    finally:
+        await db.close()
+    copied = await copy_record(state_dir, url)
+    assert isinstance(copied, Copied) and copied.link_key
+    assert str(copied).endswith("and the link key")
 
 
 async def test_migrate_applies_the_schema_once(pg_cluster: Any) -> None:

@@ -270,6 +270,38 @@ async def test_what_the_record_says_was_posted_before_a_restart_is_no_tampering(
     assert (KEY, "conventional-title") in asked
 
 
+async def test_with_a_shared_record_the_record_is_asked_before_this_process_memory(
+    gitlab: FakeGitLab, start: Callable[..., Awaitable[Run]]
+) -> None:
+    """A fleet (DATABASE_URL): this process passed the title, another replica failed it since,
+    as the shared record says, so GitLab's `failed` is no tampering. When the record cannot be
+    read, this process's memory decides, as in one process."""
+    seed_mr(gitlab, CHECKS, sha=SHA, title="feat: login")
+    title_check = next(iter(gitlab.projects[1].checks))
+    record: dict[str, tuple[str, str] | None] = {"conventional-title": None}
+    readable = True
+
+    async def last_posted(key: MRKey, check: str) -> tuple[str, str] | None:
+        if not readable:
+            raise OSError("PostgreSQL is away")
+        return record.get(check)
+
+    run = await start(last_posted=last_posted)
+    run.evaluator.shared_record = True
+    await run.evaluator.evaluate(KEY)  # this process posts `passed`
+    assert gitlab.check_status(1, 1, "conventional-title") == "passed"
+    gitlab.set_status(1, 1, title_check, SHA, "failed")  # another replica, on another title
+    record["conventional-title"] = (SHA, "failed")
+    await run.evaluator.evaluate(KEY)
+    title = [d for d in run.decisions if d.check == "conventional-title"][-1]
+    assert (title.gitlab_status, title.action, title.tampered) == ("failed", "posted", False)
+    gitlab.set_status(1, 1, title_check, SHA, "failed")  # by hand, while the record is away
+    readable = False
+    await run.evaluator.evaluate(KEY)
+    title = [d for d in run.decisions if d.check == "conventional-title"][-1]
+    assert (title.gitlab_status, title.action, title.tampered) == ("failed", "posted", True)
+
+
 async def test_a_head_that_moves_before_the_post_lands_is_looked_at_again_then_backed_off(
     gitlab: FakeGitLab, start: Callable[..., Awaitable[Run]]
 ) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import asyncpg
 
-from bot.service.app import DATABASE, EVALUATOR, LEADER, QUEUE, RECORD
+from bot.keys import MRKey
+from bot.service.app import DATABASE, EVALUATOR, LEADER, QUEUE, RECORD, SWEEPER
 from bot.service.details import LINK_KEY
 from bot.service.pgqueue import PgQueue
 from bot.service.pgrecord import PgRecord
@@ -330,3 +331,60 @@ async def test_a_delivery_postgres_cannot_store_is_a_400_and_not_held(
     await _answered_without_holding_then_a_normal_delivery_is_committed(
         bot, gitlab, database_url, status, body
     )
+
+
+async def test_replicas_taking_turns_on_one_mr_see_no_tampering(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """The title flips and the two replicas judge the MR in turn: each verdict GitLab shows was
+    posted by the other replica, as the shared record says, so none is taken for tampering
+    (each replica's own memory of its posts used to be consulted first: a false `tamper`)."""
+    mr = _seed(gitlab)
+    bots = [await start_bot(database_url=database_url) for _ in range(2)]
+    seen: list[tuple[int, str, str, bool]] = []
+    for n, bot in enumerate(bots):
+        bot.app[EVALUATOR].listeners.append(
+            lambda d, n=n: seen.append((n, d.check, d.action, d.tampered))
+        )
+    for turn, title in enumerate(["feat: x", "wip", "feat: y", "wip", "feat: z"]):
+        gitlab.update_mr(1, mr, title=title)
+        bot = bots[turn % 2]
+        await bot.app[EVALUATOR].evaluate(MRKey(1, mr))
+        await bot.app[RECORD].flush()
+        expected = "passed" if title.startswith("feat") else "failed"
+        assert gitlab.check_status(1, mr, "conventional-title") == expected
+    posted = [s for s in seen if s[1] == "conventional-title" and s[2] == "posted"]
+    assert len(posted) == 5, seen
+    assert [s for s in seen if s[3]] == []
+
+
+async def test_a_leader_that_loses_its_lease_mid_sweep_stops_it_and_the_fleet_sweeps_again(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """As if the leader stalled and another replica took its lease: its next renewal finds
+    another holder, it cancels its sweep (which never finishes, though GitLab answers later)
+    and stands by; once that lease runs out the fleet sweeps at once, the last sweep having
+    never finished."""
+    _seed(gitlab)
+    gitlab.delay(3.0, times=1, path_contains="/projects/acme%2Fapp/merge_requests")
+    bots = [
+        await start_bot(database_url=database_url, reconcile_interval=60.0, projects=("acme/app",))
+        for _ in range(2)
+    ]
+    leaders = [bot.app[LEADER] for bot in bots]
+    await eventually(lambda: any(leader.leading for leader in leaders), 5)
+    leader = next(n for n, one in enumerate(leaders) if one.leading)
+    await asyncio.sleep(0.5)  # mid-sweep: the list takes 3 s
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE bot_leaders SET leader = 'elsewhere', "
+            "lease_until = clock_timestamp() + interval '4 seconds' WHERE name = 'sweep'"
+        )
+    finally:
+        await conn.close()
+    await eventually(lambda: not leaders[leader].leading, 3)
+    await asyncio.sleep(3.0)  # the cut sweep's list has answered by now
+    assert [bot.app[SWEEPER].sweeps for bot in bots] == [0, 0]
+    assert not any(one.leading for one in leaders)
+    await eventually(lambda: sum(bot.app[SWEEPER].sweeps for bot in bots) >= 1, 4)
