@@ -24,8 +24,8 @@ from bot.service.record import (
     RECORDED_ACTIONS,
     ProjectSightings,
     StateError,
-    _iso,
     decision_values,
+    row_dict,
 )
 
 if TYPE_CHECKING:
@@ -69,20 +69,6 @@ def _types(values: tuple[Any, ...]) -> tuple[Any, ...]:
     """A row as PostgreSQL takes it: text cannot hold NUL (a hostile title may carry one), so
     it is kept as its escape, like record._storable keeps a lone surrogate."""
     return tuple(v.replace("\x00", "\\u0000") if isinstance(v, str) else v for v in values)
-
-
-def _row_dict(row: Any) -> dict[str, Any]:
-    """A row as record.DecisionRecord returns it (the details page and `history` show it)."""
-    import json
-
-    data = dict(row)
-    data["check"] = data.pop("check_name")
-    data["at"] = _iso(data["at"])
-    data["applicable"] = bool(data["applicable"])
-    data["advisory"] = bool(data["advisory"])
-    data["tampered"] = bool(data["tampered"])
-    data["outcome"] = json.loads(data["outcome"]) if data["outcome"] else None
-    return data
 
 
 class PgRecord:
@@ -259,7 +245,7 @@ class PgRecord:
             iid,
             int(limit),
         )
-        return [_row_dict(r) for r in rows]
+        return [row_dict(r) for r in rows]
 
     async def latest(self, project_id: int, iid: int) -> list[dict[str, Any]]:
         rows = await self._read(
@@ -268,7 +254,7 @@ class PgRecord:
             project_id,
             iid,
         )
-        return [_row_dict(r) for r in rows]
+        return [row_dict(r) for r in rows]
 
     async def close(self, wait: float = 5.0) -> None:
         """Write what waits (for up to `wait` seconds), then stop the writer. Idempotent."""

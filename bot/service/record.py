@@ -30,7 +30,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -305,8 +305,9 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
-def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
-    """A stored row as the dict `history`/`latest` return (and the details page's JSON shows)."""
+def row_dict(row: Mapping[str, Any] | sqlite3.Row) -> dict[str, Any]:
+    """A stored row (either backend's) as the dict `history`/`latest` return (and the details
+    page's JSON shows)."""
     data = dict(row)
     data["check"] = data.pop("check_name")
     data["at"] = _iso(data["at"])
@@ -783,7 +784,7 @@ class DecisionRecord:
                 f"SELECT {columns} FROM decisions WHERE project_path = ? COLLATE NOCASE AND iid = ?"
             )
         rows = await self._read(f"{sql} ORDER BY id DESC LIMIT ?", (project, iid, int(limit)))
-        return [_row_dict(r) for r in rows]
+        return [row_dict(r) for r in rows]
 
     async def latest(self, project_id: int, iid: int) -> list[dict[str, Any]]:
         """The last evaluated verdict of each check of one MR, by check name."""
@@ -792,7 +793,7 @@ class DecisionRecord:
             "WHERE project_id = ? AND iid = ? ORDER BY check_name",
             (project_id, iid),
         )
-        return [_row_dict(r) for r in rows]
+        return [row_dict(r) for r in rows]
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer thread, close the connections. Idempotent."""
