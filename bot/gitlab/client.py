@@ -19,7 +19,6 @@ import aiohttp
 import gidgetlab.aiohttp
 from gidgetlab import exceptions as gl_exc
 from gidgetlab import sansio
-from multidict import CIMultiDict
 
 from bot.gitlab import compat
 from bot.gitlab.compat import ASSUMED_VERSION, Version
@@ -292,12 +291,6 @@ class _HardenedAPI(gidgetlab.aiohttp.GitLabAPI):
                 # gidgetlab expects a JSON body on 422 and raises AttributeError without one.
                 data = b'{"message": "422 Unprocessable Entity"}'
                 resp_headers = {**resp_headers, "content-type": "application/json"}
-            elif status == 200 and _path_of(url).endswith("/raw"):
-                # A file's bytes are bytes: gidgetlab would decode GitLab's `text/plain` as
-                # UTF-8 and fail on a Latin-1 policy file, which is the file's problem (the
-                # loader reports it at file:line), not GitLab's.
-                resp_headers = CIMultiDict(resp_headers)
-                resp_headers["Content-Type"] = "application/octet-stream"
             elif status == 400:
                 # Grape's parameter errors are {"error": "status is missing"}; gidgetlab only
                 # reads "message", and the operator (and the version probe) want the reason.
@@ -797,22 +790,19 @@ class GitLab:
         that a file is too large without holding it."""
         where = f"/projects/{project_ref(project)}/repository/files/{quote(path, safe='')}/raw"
 
-        async def read() -> Any:
+        async def read() -> bytes:
             url = self.api.format_url(where, {"ref": ref})
             headers = sansio.create_headers(self.api.requester, access_token=self.api.access_token)
             headers["content-length"] = "0"  # as gidgetlab's own GETs
             status, answer_headers, body = await self.api._request("GET", url, headers, limit=limit)
-            return sansio.decipher_response(status, answer_headers, body)[0]
+            if status != 200:
+                sansio.decipher_response(status, answer_headers, body)  # raises GitLab's error
+            # The file's bytes as they are, whatever GitLab's Content-Type says: gidgetlab would
+            # decode `text/plain` as UTF-8 (failing on a Latin-1 file, which is the file's
+            # problem, reported by the loader at file:line) and parse a `.json` file.
+            return body
 
-        answer = await self._call(read(), where)
-        if answer is None:
-            return b""
-        if isinstance(answer, bytes):
-            return answer
-        if isinstance(answer, str):
-            return answer.encode("utf-8")
-        # A .json file comes back decoded: the policy loader reports what it finds there.
-        return json.dumps(answer).encode("utf-8")
+        return await self._call(read(), where)
 
     # -- status checks ----------------------------------------------------------------------
 
