@@ -29,15 +29,13 @@ from typing import Literal
 from bot.policy.evaluate import evaluate
 from bot.policy.facts import NO_NEEDS, FactNeeds, MergeRequestFacts
 from bot.policy.loader import (
-    POLICY_CHECK,
     REPOSITORY_FOLDER,
-    REPOSITORY_REPLACEABLE,
-    REPOSITORY_RESERVED,
     Claim,
     check_duplicates,
     compile_policy,
     is_policy_file,
     is_test_file,
+    repository_refusals,
 )
 from bot.policy.model import Outcome, Policy, PolicyProblem, PolicySet, judge_rule
 
@@ -107,12 +105,11 @@ def compile_layer(sha: str, files: Iterable[tuple[str, bytes]]) -> RepositoryLay
         check = ctx.check[0] if ctx.check is not None else stem
         if ctx.check is not None:
             claims.append(Claim(ctx.check[0], path, ctx.check[1]))
-        if policy is not None and policy.replaceable:
-            ctx.problems.append(PolicyProblem(path, policy.line, REPOSITORY_REPLACEABLE))
-            policy = None
-        if check == POLICY_CHECK:
-            line = ctx.check[1] if ctx.check is not None else 1
-            ctx.problems.append(PolicyProblem(path, line, REPOSITORY_RESERVED))
+        line = ctx.check[1] if ctx.check is not None else 1
+        replaceable = policy is not None and policy.replaceable
+        refused = repository_refusals(path, check, line, replaceable)
+        if refused:
+            ctx.problems += refused
             policy = None
         if policy is None or ctx.problems:
             broken.setdefault(check, []).extend(ctx.problems)

@@ -292,6 +292,13 @@ def in_repository_folder(path: str | Path) -> bool:
     return f"/{REPOSITORY_FOLDER}/" in Path(path).absolute().as_posix()
 
 
+def repository_refusals(path: str, check: str, line: int, replaceable: bool) -> list[PolicyProblem]:
+    """What a policy file may say centrally but not in a repository's folder (the bot fails
+    the check, `validate` reports it)."""
+    refusals = [(REPOSITORY_REPLACEABLE, replaceable), (REPOSITORY_RESERVED, check == POLICY_CHECK)]
+    return [PolicyProblem(path, line, message) for message, refused in refusals if refused]
+
+
 def validate_paths(paths: list[str], confine: Path | None = None) -> list[PolicyProblem]:
     """Every problem in the given policy files and folders and in the test files they hold
     (given, or in a given folder beside its policies or under its `tests/`), each once."""
@@ -306,16 +313,11 @@ def validate_paths(paths: list[str], confine: Path | None = None) -> list[Policy
         loaded = load_folder(path)  # a folder, or one policy file
         problems += loaded.problems
         claims += loaded.claims
-        problems += [
-            PolicyProblem(policy.path, policy.line, message)
-            for policy in loaded.policies
-            if in_repository_folder(policy.path)
-            for message, wrong in (
-                (REPOSITORY_REPLACEABLE, policy.replaceable),
-                (REPOSITORY_RESERVED, policy.check == POLICY_CHECK),
-            )
-            if wrong
-        ]
+        for policy in loaded.policies:
+            if in_repository_folder(policy.path):
+                problems += repository_refusals(
+                    policy.path, policy.check, policy.line, policy.replaceable
+                )
     problems += check_duplicates(claims)
     cache = PolicyCache(confine)  # test files name policies only inside `confine`, if given
     tests, _ = discover(paths)

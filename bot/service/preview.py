@@ -28,13 +28,12 @@ from bot.policy.evaluate import applies, judge, needs_of
 from bot.policy.facts import FactNeeds, MergeRequestFacts
 from bot.policy.layers import (
     FOLDER,
-    POLICY_CHECK,
     RepositoryLayer,
     compile_layer,
     layered,
     short,
 )
-from bot.policy.loader import validate_paths
+from bot.policy.loader import POLICY_CHECK, validate_paths
 from bot.policy.model import Outcome, Policy, PolicySet, Verdict
 from bot.policy.testing import run_tests
 from bot.service.repository import RepositoryPolicies, TooManyFiles
