@@ -127,13 +127,13 @@ async def test_a_postgres_outage_holds_deliveries_and_says_why(
     assert {row["check"] for row in history} >= {"conventional-title"}
 
 
-async def test_a_sweep_cut_short_by_its_leaders_death_is_run_again_at_once(
-    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
-) -> None:
-    """The leader stops mid-sweep (GitLab's MR list is slow); the standby sweeps within a few
-    seconds, not a whole RECONCILE_INTERVAL (60 s) later."""
+async def two_replicas_mid_sweep(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str, list_seconds: float
+) -> tuple[list[Bot], list[Any], int]:
+    """Two replicas sweeping acme/app every 60 s, half a second into the leader's first sweep,
+    whose MR list GitLab answers in `list_seconds`: the bots, their leaders, the leading one."""
     _seed(gitlab)
-    gitlab.delay(2.0, times=1, path_contains="/projects/acme%2Fapp/merge_requests")
+    gitlab.delay(list_seconds, times=1, path_contains="/projects/acme%2Fapp/merge_requests")
     bots = [
         await start_bot(database_url=database_url, reconcile_interval=60.0, projects=("acme/app",))
         for _ in range(2)
@@ -141,8 +141,17 @@ async def test_a_sweep_cut_short_by_its_leaders_death_is_run_again_at_once(
     leaders = [bot.app[LEADER] for bot in bots]
     await eventually(lambda: any(leader.leading for leader in leaders), 5)
     leader = next(n for n, one in enumerate(leaders) if one.leading)
+    await asyncio.sleep(0.5)  # mid-sweep
+    return bots, leaders, leader
+
+
+async def test_a_sweep_cut_short_by_its_leaders_death_is_run_again_at_once(
+    gitlab: FakeGitLab, start_bot: Callable[..., Any], database_url: str
+) -> None:
+    """The leader stops mid-sweep (GitLab's MR list is slow); the standby sweeps within a few
+    seconds, not a whole RECONCILE_INTERVAL (60 s) later."""
+    bots, leaders, leader = await two_replicas_mid_sweep(gitlab, start_bot, database_url, 2.0)
     standby = 1 - leader
-    await asyncio.sleep(0.5)  # mid-sweep: the list takes 2 s
     assert leaders[leader].sweeps == 0
     await bots[leader].stop()
     stopped = asyncio.get_running_loop().time()
@@ -365,16 +374,7 @@ async def test_a_leader_that_loses_its_lease_mid_sweep_stops_it_and_the_fleet_sw
     another holder, it cancels its sweep (which never finishes, though GitLab answers later)
     and stands by; once that lease runs out the fleet sweeps at once, the last sweep having
     never finished."""
-    _seed(gitlab)
-    gitlab.delay(3.0, times=1, path_contains="/projects/acme%2Fapp/merge_requests")
-    bots = [
-        await start_bot(database_url=database_url, reconcile_interval=60.0, projects=("acme/app",))
-        for _ in range(2)
-    ]
-    leaders = [bot.app[LEADER] for bot in bots]
-    await eventually(lambda: any(leader.leading for leader in leaders), 5)
-    leader = next(n for n, one in enumerate(leaders) if one.leading)
-    await asyncio.sleep(0.5)  # mid-sweep: the list takes 3 s
+    bots, leaders, leader = await two_replicas_mid_sweep(gitlab, start_bot, database_url, 3.0)
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(
