@@ -438,7 +438,10 @@ class Server:
         method: str | None = None,
     ) -> None:
         """Add `seconds` of latency to the next `times` matching requests (e.g. to hit a
-        client timeout)."""
+        client timeout). As on GitLab, a request the client gave up on still runs to its end
+        and is applied then: Puma does not stop a request when its client hangs up; only
+        rack-timeout does, after GITLAB_RAILS_RACK_TIMEOUT (60 s by default; gitlab-foss
+        MR 28405 "Added rack-timeout", config/initializers/rack_timeout.rb)."""
         self._faults.append(Fault("delay", times, path_contains, method, seconds=seconds))
 
     def fail_randomly(
