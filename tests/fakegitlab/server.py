@@ -441,7 +441,7 @@ class Server:
         client timeout). As on GitLab, a request the client gave up on still runs to its end
         and is applied then: Puma does not stop a request when its client hangs up; only
         rack-timeout does, after GITLAB_RAILS_RACK_TIMEOUT (60 s by default; gitlab-foss
-        MR 28405 "Added rack-timeout", config/initializers/rack_timeout.rb)."""
+        MR 28405 "Added rack-timeout")."""
         self._faults.append(Fault("delay", times, path_contains, method, seconds=seconds))
 
     def fail_randomly(
